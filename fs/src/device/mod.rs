@@ -1,0 +1,620 @@
+//! Devices and their io_uring queues.
+//!
+//! A [`DeviceQueue`] owns one ring over one device (block device or file, opened `O_DIRECT`;
+//! or an emulated NVMe namespace). Buffers are attached by registering their pages as fixed
+//! buffers on the ring ([`Importer`]); I/O is `READ_FIXED`/`WRITE_FIXED`, submitted in batches
+//! under a per-device lock and reaped by one thread per device, which completes requests.
+
+mod emulation;
+mod probe;
+mod reaper;
+mod ring;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use io_uring::IoUring;
+use parking_lot::{Condvar, Mutex};
+use stripefs_mapping::{Attachment, ImportError, ImportToken, Importer, Memory};
+
+use crate::engine::RequestSlot;
+use crate::error::{Error, Op};
+use crate::spec::{Backing, DeviceSpec, EmulatedSpec};
+
+pub use emulation::{Faults, TimingModel};
+pub use probe::DeviceKind;
+
+/// Fixed-buffer slots registered (sparse) on every ring: each holds up to 1 GiB.
+const FIXED_SLOTS: u16 = 1024;
+/// Largest single command on a real device (the ring's length field is 32 bits).
+const REAL_MAX_TRANSFER: u64 = 1 << 30;
+
+/// How to open a device.
+#[derive(Clone, Debug)]
+pub struct QueueOptions {
+    /// Commands in flight at most on this device.
+    pub queue_depth: u32,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions { queue_depth: 64 }
+    }
+}
+
+/// Counters of one device, as seen by its queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    pub reads: u64,
+    pub writes: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// One piece of a request for one device: a contiguous device range and where it goes in
+/// the buffer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Piece {
+    pub device_offset: u64,
+    pub len: u64,
+    pub buffer_offset: u64,
+}
+
+/// A command on the ring, from submission until its completion is handled.
+struct InFlight {
+    request: Arc<RequestSlot>,
+    op: Op,
+    offset: u64,
+    len: u64,
+    injected: Option<i32>,
+    deadline: Option<Instant>,
+}
+
+struct SubmitState {
+    free: Vec<u32>,
+    /// When the emulated transfer channel is next free.
+    channel: Option<Instant>,
+}
+
+pub(crate) struct DeviceShared {
+    name: String,
+    path: PathBuf,
+    kind: DeviceKind,
+    size: u64,
+    block_size: u32,
+    max_transfer: u64,
+    depth: u32,
+    direct: bool,
+    file: std::fs::File,
+    ring: IoUring,
+    submit: Mutex<SubmitState>,
+    space: Condvar,
+    inflight: Box<[Mutex<Option<InFlight>>]>,
+    slots: Mutex<Vec<u16>>,
+    timing: TimingModel,
+    faults: Faults,
+    counters: Counters,
+    closed: AtomicBool,
+}
+
+/// A device with its own io_uring queue. Dropping it waits for its in-flight commands.
+pub struct DeviceQueue {
+    shared: Arc<DeviceShared>,
+    reaper: Option<JoinHandle<()>>,
+}
+
+impl DeviceQueue {
+    /// Opens a device named by a spec (a path, or an emulated NVMe spec).
+    pub fn open(spec: &DeviceSpec) -> Result<Self, Error> {
+        match spec {
+            DeviceSpec::Path(path) => Self::open_path(path, &QueueOptions::default()),
+            DeviceSpec::Emulated(emu) => Self::open_emulated(emu),
+        }
+    }
+
+    /// Opens a block device or regular file for direct I/O.
+    pub fn open_path(path: &Path, options: &QueueOptions) -> Result<Self, Error> {
+        let probed = probe::open(path, false)?;
+        let config = Config {
+            name: path.display().to_string(),
+            path: path.to_path_buf(),
+            max_transfer: REAL_MAX_TRANSFER,
+            depth: options.queue_depth.clamp(1, 4096),
+            timing: TimingModel::default(),
+            faults: Faults::default(),
+        };
+        Self::start(probed, config)
+    }
+
+    /// Opens an emulated NVMe namespace.
+    pub fn open_emulated(spec: &EmulatedSpec) -> Result<Self, Error> {
+        let (path, mut probed) = match &spec.backing {
+            Backing::File(path) => {
+                prepare_backing_file(path, spec.size)?;
+                (path.clone(), probe::open(path, true)?)
+            }
+            Backing::Memory => {
+                let path = PathBuf::from("mem");
+                (path.clone(), memory_backing(&path, spec.size)?)
+            }
+        };
+        if spec.lba % probed.block_size != 0 {
+            return Err(Error::Emulation {
+                path,
+                what: format!(
+                    "lba {} is not a multiple of the backing's direct-I/O alignment {}",
+                    spec.lba, probed.block_size
+                ),
+            });
+        }
+        probed.kind = DeviceKind::Emulated;
+        probed.block_size = spec.lba;
+        probed.size -= probed.size % u64::from(spec.lba);
+        let faults = Faults::default();
+        for range in &spec.fail_ranges {
+            faults.fail_range(range.clone());
+        }
+        if let Some(n) = spec.fail_after {
+            faults.fail_after(n);
+        }
+        faults.set_offline(spec.offline);
+        let config = Config {
+            name: format!("emu:{}", path.display()),
+            path,
+            max_transfer: spec.mdts,
+            depth: spec.queue_depth.clamp(1, 4096),
+            timing: TimingModel {
+                bandwidth: spec.bandwidth,
+                latency: spec.latency,
+            },
+            faults,
+        };
+        Self::start(probed, config)
+    }
+
+    fn start(probed: probe::Probed, config: Config) -> Result<Self, Error> {
+        let name = config.name.clone();
+        let ring_error = |what, source| Error::Ring {
+            device: name.clone(),
+            what,
+            source,
+        };
+        let entries = (config.depth + 1).next_power_of_two();
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 2)
+            .build(entries)
+            .map_err(|e| ring_error("setup", e))?;
+        ring.submitter()
+            .register_buffers_sparse(u32::from(FIXED_SLOTS))
+            .map_err(|e| ring_error("register_buffers_sparse", e))?;
+        let shared = Arc::new(DeviceShared {
+            name: config.name,
+            path: config.path,
+            kind: probed.kind,
+            size: probed.size,
+            block_size: probed.block_size,
+            max_transfer: config.max_transfer,
+            depth: config.depth,
+            direct: probed.direct,
+            file: probed.file,
+            ring,
+            submit: Mutex::new(SubmitState {
+                free: (0..config.depth).rev().collect(),
+                channel: None,
+            }),
+            space: Condvar::new(),
+            inflight: (0..config.depth).map(|_| Mutex::new(None)).collect(),
+            slots: Mutex::new((0..FIXED_SLOTS).rev().collect()),
+            timing: config.timing,
+            faults: config.faults,
+            counters: Counters::default(),
+            closed: AtomicBool::new(false),
+        });
+        let reaper_shared = shared.clone();
+        let reaper = std::thread::Builder::new()
+            .name(format!("reaper {}", shared.name))
+            .spawn(move || reaper::run(&reaper_shared))
+            .map_err(|e| ring_error("spawn reaper thread", e))?;
+        Ok(DeviceQueue {
+            shared,
+            reaper: Some(reaper),
+        })
+    }
+
+    /// The device's name (its path, or `emu:PATH`).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// What kind of device this is.
+    pub fn kind(&self) -> DeviceKind {
+        self.shared.kind
+    }
+
+    /// Usable size in bytes.
+    pub fn size(&self) -> u64 {
+        self.shared.size
+    }
+
+    /// Alignment required of offsets and lengths (logical block or LBA size).
+    pub fn block_size(&self) -> u32 {
+        self.shared.block_size
+    }
+
+    /// Largest command the device accepts; longer transfers are split.
+    pub fn max_transfer(&self) -> u64 {
+        self.shared.max_transfer
+    }
+
+    /// Commands in flight at most.
+    pub fn queue_depth(&self) -> u32 {
+        self.shared.depth
+    }
+
+    /// Whether I/O bypasses the page cache (false only for memory-backed emulation).
+    pub fn is_direct(&self) -> bool {
+        self.shared.direct
+    }
+
+    /// The device's fault switches.
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> DeviceStats {
+        let c = &self.shared.counters;
+        DeviceStats {
+            reads: c.reads.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            bytes_read: c.bytes_read.load(Ordering::Relaxed),
+            bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// This device as an importer of buffers.
+    pub fn importer(&self) -> Arc<dyn Importer> {
+        self.shared.clone()
+    }
+
+    /// Flushes the device's volatile cache (fdatasync).
+    pub fn sync(&self) -> Result<(), Error> {
+        self.shared
+            .file
+            .sync_data()
+            .map_err(|source| Error::DeviceIo {
+                device: self.shared.name.clone(),
+                op: Op::Write,
+                offset: 0,
+                len: 0,
+                source,
+            })
+    }
+
+    /// Submits `pieces` of one request as one batch (one lock, one submit call), each split
+    /// at the attachment's slot boundaries and at the device's maximum transfer. Failures are
+    /// recorded on the request.
+    pub(crate) fn submit(
+        &self,
+        op: Op,
+        pieces: impl Iterator<Item = Piece>,
+        attachment: &Attachment,
+        request: &Arc<RequestSlot>,
+    ) {
+        self.shared.submit(op, pieces, attachment, request);
+    }
+}
+
+struct Config {
+    name: String,
+    path: PathBuf,
+    max_transfer: u64,
+    depth: u32,
+    timing: TimingModel,
+    faults: Faults,
+}
+
+impl Drop for DeviceQueue {
+    fn drop(&mut self) {
+        self.shared.close();
+        if let Some(reaper) = self.reaper.take() {
+            let _ = reaper.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for DeviceQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceQueue")
+            .field("name", &self.shared.name)
+            .field("kind", &self.shared.kind)
+            .field("size", &self.shared.size)
+            .field("block_size", &self.shared.block_size)
+            .finish()
+    }
+}
+
+fn prepare_backing_file(path: &Path, size: Option<u64>) -> Result<(), Error> {
+    let emu_error = |what: String| Error::Emulation {
+        path: path.to_path_buf(),
+        what,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(size.is_some())
+        .truncate(false)
+        .open(path)
+        .map_err(|e| emu_error(format!("cannot open backing file: {e}")))?;
+    if let Some(size) = size {
+        let current = file
+            .metadata()
+            .map_err(|e| emu_error(format!("cannot stat backing file: {e}")))?
+            .len();
+        if current < size {
+            file.set_len(size)
+                .map_err(|e| emu_error(format!("cannot size backing file to {size}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn memory_backing(path: &Path, size: Option<u64>) -> Result<probe::Probed, Error> {
+    let size = size.ok_or_else(|| Error::Emulation {
+        path: path.to_path_buf(),
+        what: "a memory backing needs size=".into(),
+    })?;
+    let memory =
+        Memory::create("stripefs-emu-namespace", size, false).map_err(|e| Error::Emulation {
+            path: path.to_path_buf(),
+            what: format!("cannot allocate {size} bytes of memory: {e}"),
+        })?;
+    let fd = memory
+        .fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::Emulation {
+            path: path.to_path_buf(),
+            what: format!("cannot duplicate memfd: {e}"),
+        })?;
+    Ok(probe::Probed {
+        file: std::fs::File::from(fd),
+        kind: DeviceKind::Emulated,
+        size,
+        block_size: 1,
+        direct: false,
+    })
+}
+
+impl DeviceShared {
+    fn submit(
+        &self,
+        op: Op,
+        pieces: impl Iterator<Item = Piece>,
+        attachment: &Attachment,
+        request: &Arc<RequestSlot>,
+    ) {
+        if self.faults.is_offline() {
+            return request.fail(Error::DeviceOffline {
+                device: self.name.clone(),
+            });
+        }
+        let mut state = self.submit.lock();
+        // Checked under the lock: once `close` has run, the reaper may exit when idle, so
+        // nothing may be queued after it.
+        if self.closed.load(Ordering::Acquire) {
+            return request.fail(Error::DeviceClosed {
+                device: self.name.clone(),
+            });
+        }
+        let mut queued = 0usize;
+        for piece in pieces {
+            let mut done = 0;
+            while done < piece.len {
+                let buffer_offset = piece.buffer_offset + done;
+                let Some(region) = attachment.locate(buffer_offset) else {
+                    request.fail(Error::DeviceIo {
+                        device: self.name.clone(),
+                        op,
+                        offset: piece.device_offset + done,
+                        len: piece.len - done,
+                        source: std::io::Error::from_raw_os_error(libc::EFAULT),
+                    });
+                    break;
+                };
+                let len = (piece.len - done)
+                    .min(self.max_transfer)
+                    .min(region.available);
+                let id = self.take_slot(&mut state, &mut queued);
+                let offset = piece.device_offset + done;
+                self.queue(&mut state, id, op, offset, len, region, request);
+                queued += 1;
+                done += len;
+            }
+        }
+        drop(state);
+        if queued > 0 {
+            self.kick();
+        }
+    }
+
+    /// Takes a free in-flight slot, submitting what is queued and waiting while all are busy.
+    fn take_slot(
+        &self,
+        state: &mut parking_lot::MutexGuard<'_, SubmitState>,
+        queued: &mut usize,
+    ) -> u32 {
+        loop {
+            if let Some(id) = state.free.pop() {
+                return id;
+            }
+            if *queued > 0 {
+                self.kick();
+                *queued = 0;
+            }
+            self.space.wait(state);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
+        &self,
+        state: &mut SubmitState,
+        id: u32,
+        op: Op,
+        offset: u64,
+        len: u64,
+        region: stripefs_mapping::FixedRegion,
+        request: &Arc<RequestSlot>,
+    ) {
+        let injected = self.faults.check(offset, len);
+        let deadline = self.timing.is_active().then(|| {
+            self.timing
+                .schedule(&mut state.channel, Instant::now(), len)
+        });
+        request.add_parts(1);
+        *self.inflight[id as usize].lock() = Some(InFlight {
+            request: request.clone(),
+            op,
+            offset,
+            len,
+            injected,
+            deadline,
+        });
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        let entry = match (injected, op) {
+            (Some(_), _) => ring::Entry::Nop,
+            (None, Op::Read) => ring::Entry::Read {
+                fd,
+                offset,
+                addr: region.addr,
+                len: len as u32,
+                slot: region.slot,
+            },
+            (None, Op::Write) => ring::Entry::Write {
+                fd,
+                offset,
+                addr: region.addr,
+                len: len as u32,
+                slot: region.slot,
+            },
+        };
+        // SAFETY: we hold the submission lock; the request in the in-flight table holds the
+        // mapping guard, which keeps `region` attached and mapped until the completion.
+        let pushed = unsafe { ring::push(&self.ring, &entry, u64::from(id)) };
+        if !pushed {
+            // Cannot happen: the ring has more entries than the queue depth. Complete the
+            // command as failed rather than lose it.
+            let slot = self.inflight[id as usize].lock().take();
+            state.free.push(id);
+            if let Some(slot) = slot {
+                slot.request.complete_part(Err(self.io_error(
+                    op,
+                    offset,
+                    len,
+                    std::io::Error::from_raw_os_error(libc::EBUSY),
+                )));
+            }
+        }
+    }
+
+    fn kick(&self) {
+        // A failed submit leaves the entries queued; the reaper's next enter submits them.
+        let _ = ring::submit(&self.ring);
+    }
+
+    fn close(&self) {
+        let _state = self.submit.lock();
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // SAFETY: we hold the submission lock; a NOP lends no memory.
+        unsafe { ring::push(&self.ring, &ring::Entry::Nop, ring::WAKE) };
+        let _ = ring::submit(&self.ring);
+    }
+
+    fn io_error(&self, op: Op, offset: u64, len: u64, source: std::io::Error) -> Error {
+        Error::DeviceIo {
+            device: self.name.clone(),
+            op,
+            offset,
+            len,
+            source,
+        }
+    }
+}
+
+impl Importer for DeviceShared {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn attach(&self, memory: &Memory) -> Result<ImportToken, ImportError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ImportError::Closed);
+        }
+        if self.faults.is_offline() {
+            return Err(ImportError::Offline);
+        }
+        let chunks: Vec<_> = memory.chunks().collect();
+        let mut free = self.slots.lock();
+        if free.len() < chunks.len() {
+            return Err(ImportError::NoSlots {
+                needed: chunks.len(),
+                free: free.len(),
+            });
+        }
+        let mut taken = Vec::with_capacity(chunks.len());
+        for chunk in &chunks {
+            let Some(slot) = free.pop() else { break };
+            // SAFETY: the chunk is mapped until the attachment that owns this token is
+            // dropped, and that drop clears the slot (detach) before releasing the memory.
+            if let Err(source) = unsafe { ring::set_slot(&self.ring, slot, chunk.addr, chunk.len) }
+            {
+                free.push(slot);
+                for &s in &taken {
+                    // SAFETY: clearing a slot lends no memory.
+                    let _ = unsafe { ring::set_slot(&self.ring, s, std::ptr::null_mut(), 0) };
+                    free.push(s);
+                }
+                return Err(ImportError::Register {
+                    slot,
+                    len: chunk.len,
+                    source,
+                });
+            }
+            taken.push(slot);
+        }
+        Ok(ImportToken {
+            slots: taken.into_boxed_slice(),
+        })
+    }
+
+    fn detach(&self, token: &ImportToken) {
+        let mut free = self.slots.lock();
+        for &slot in token.slots.iter() {
+            // SAFETY: clearing a slot lends no memory; no I/O uses it any more (the mapping
+            // fence guarantees it before the attachment is dropped).
+            let _ = unsafe { ring::set_slot(&self.ring, slot, std::ptr::null_mut(), 0) };
+            free.push(slot);
+        }
+    }
+}

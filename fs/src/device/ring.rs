@@ -1,0 +1,151 @@
+//! The unsafe edge of a device queue: pushing entries that lend memory to the kernel,
+//! updating fixed-buffer slots, and reading completions.
+
+use std::io;
+use std::time::Duration;
+
+use io_uring::{IoUring, opcode, squeue, types};
+
+/// `user_data` of the entry that wakes the reaper (shutdown).
+pub(crate) const WAKE: u64 = u64::MAX;
+
+/// One command to put on the ring.
+pub(crate) enum Entry {
+    Read {
+        fd: i32,
+        offset: u64,
+        addr: *mut u8,
+        len: u32,
+        slot: u16,
+    },
+    Write {
+        fd: i32,
+        offset: u64,
+        addr: *mut u8,
+        len: u32,
+        slot: u16,
+    },
+    /// A command that does nothing; its completion carries an injected fault.
+    Nop,
+}
+
+impl Entry {
+    fn build(&self, user_data: u64) -> squeue::Entry {
+        match *self {
+            Entry::Read {
+                fd,
+                offset,
+                addr,
+                len,
+                slot,
+            } => opcode::ReadFixed::new(types::Fd(fd), addr, len, slot)
+                .offset(offset)
+                .build(),
+            Entry::Write {
+                fd,
+                offset,
+                addr,
+                len,
+                slot,
+            } => opcode::WriteFixed::new(types::Fd(fd), addr, len, slot)
+                .offset(offset)
+                .build(),
+            Entry::Nop => opcode::Nop::new().build(),
+        }
+        .user_data(user_data)
+    }
+}
+
+/// Pushes one entry. Returns false if the submission queue is full.
+///
+/// # Safety
+/// The caller must hold the device's submission lock (no other `SubmissionQueue` may exist),
+/// and the memory of a Read/Write entry (`addr..addr+len`, inside fixed-buffer `slot`) must
+/// stay valid and attached until its completion is reaped: the in-flight table holds the
+/// request, which holds the mapping guard that keeps the attachment and memory alive.
+pub(crate) unsafe fn push(ring: &IoUring, entry: &Entry, user_data: u64) -> bool {
+    let sqe = entry.build(user_data);
+    // SAFETY: exclusive access to the SQ is guaranteed by the caller's lock.
+    let mut sq = unsafe { ring.submission_shared() };
+    // SAFETY: the caller guarantees the buffer outlives the request (see above).
+    let ok = unsafe { sq.push(&sqe) }.is_ok();
+    sq.sync();
+    ok
+}
+
+/// Makes fixed-buffer `slot` describe `addr..addr+len` (or nothing, with a null address).
+///
+/// # Safety
+/// For a non-null `addr`, the memory must stay mapped until the slot is cleared again
+/// (the attachment clears it in its drop, before it releases the memory). The kernel pins the
+/// pages itself.
+pub(crate) unsafe fn set_slot(
+    ring: &IoUring,
+    slot: u16,
+    addr: *mut u8,
+    len: u64,
+) -> io::Result<()> {
+    let iov = libc::iovec {
+        iov_base: addr.cast(),
+        iov_len: len as usize,
+    };
+    // SAFETY: see the function's contract; `iov` lives for the duration of the call.
+    unsafe {
+        ring.submitter()
+            .register_buffers_update(u32::from(slot), &[iov], None)
+    }
+}
+
+/// Submits what is queued; retries on transient errors. Failure is not fatal: the entries stay
+/// in the ring and the reaper's next enter submits them.
+pub(crate) fn submit(ring: &IoUring) -> io::Result<()> {
+    loop {
+        match ring.submit() {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
+                std::thread::yield_now();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Waits for at least one completion, or until `timeout` passes.
+pub(crate) fn wait(ring: &IoUring, timeout: Option<Duration>) -> io::Result<()> {
+    let result = match timeout {
+        None => ring.submit_and_wait(1).map(drop),
+        Some(t) => {
+            let ts = types::Timespec::new()
+                .sec(t.as_secs())
+                .nsec(t.subsec_nanos());
+            let args = types::SubmitArgs::new().timespec(&ts);
+            ring.submitter().submit_with_args(1, &args).map(drop)
+        }
+    };
+    match result {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Takes every available completion as (user_data, result).
+///
+/// # Safety
+/// Only the device's reaper thread may call this (no other `CompletionQueue` may exist).
+pub(crate) unsafe fn reap(ring: &IoUring, out: &mut Vec<(u64, i32)>) {
+    // SAFETY: the caller is the only reader of the completion queue.
+    let cq = unsafe { ring.completion_shared() };
+    out.extend(cq.map(|cqe| (cqe.user_data(), cqe.result())));
+}

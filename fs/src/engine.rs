@@ -1,0 +1,253 @@
+//! Registered requests: the per-request state shared with the device reapers, and the I/O
+//! context through which a thread submits many requests and collects their completions.
+//!
+//! Request slots are allocated once per context and reused, so a request costs no allocation:
+//! submission clones `Arc`s and takes per-device and per-context locks only.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::{Condvar, Mutex};
+use stripefs_mapping::{MapGuard, Mapping};
+
+use crate::error::{Error, Op};
+use crate::volume::Volume;
+
+/// One registered I/O: read or write `len` bytes at `offset` of the target, into or out of
+/// the mapping's buffer at `buffer_offset`. `tag` comes back in the completion.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub op: Op,
+    pub mapping: &'a Mapping,
+    pub offset: u64,
+    pub buffer_offset: u64,
+    pub len: u64,
+    pub tag: u64,
+}
+
+/// The outcome of one request: the bytes transferred, or the first error of any of its
+/// device commands (naming the device and range).
+#[derive(Debug)]
+pub struct Completion {
+    pub tag: u64,
+    pub result: Result<u64, Error>,
+}
+
+struct ContextShared {
+    done: Mutex<Vec<u32>>,
+    ready: Condvar,
+}
+
+/// A request in flight, shared between the submitter and the device reapers.
+pub(crate) struct RequestSlot {
+    index: u32,
+    ctx: Arc<ContextShared>,
+    /// Device commands outstanding, plus one held by the submitter until all are queued.
+    remaining: AtomicU32,
+    error: Mutex<Option<Error>>,
+    guard: Mutex<Option<MapGuard>>,
+    len: AtomicU64,
+    tag: AtomicU64,
+}
+
+impl RequestSlot {
+    fn begin(&self, tag: u64, len: u64) {
+        self.remaining.store(1, Ordering::Relaxed);
+        *self.error.lock() = None;
+        self.len.store(len, Ordering::Relaxed);
+        self.tag.store(tag, Ordering::Relaxed);
+    }
+
+    /// Counts `n` more device commands.
+    pub(crate) fn add_parts(&self, n: u32) {
+        self.remaining.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records a failure (the first one is kept).
+    pub(crate) fn fail(&self, error: Error) {
+        let mut slot = self.error.lock();
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+    }
+
+    /// One device command finished.
+    pub(crate) fn complete_part(&self, result: Result<u64, Error>) {
+        if let Err(e) = result {
+            self.fail(e);
+        }
+        self.release();
+    }
+
+    fn release(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Unpin the mapping first: a migration waiting for this request may go on.
+            drop(self.guard.lock().take());
+            self.ctx.done.lock().push(self.index);
+            self.ctx.ready.notify_one();
+        }
+    }
+
+    fn take_completion(&self) -> Completion {
+        let result = match self.error.lock().take() {
+            Some(e) => Err(e),
+            None => Ok(self.len.load(Ordering::Relaxed)),
+        };
+        Completion {
+            tag: self.tag.load(Ordering::Relaxed),
+            result,
+        }
+    }
+}
+
+/// A thread's window onto registered I/O: up to `depth` requests in flight, completions
+/// collected by polling or by blocking. Use one per thread; requests may target any volume.
+pub struct IoContext {
+    slots: Box<[Arc<RequestSlot>]>,
+    free: Vec<u32>,
+    shared: Arc<ContextShared>,
+    ready: Vec<u32>,
+}
+
+impl IoContext {
+    /// A context with room for `depth` requests in flight (at least 1).
+    pub fn new(depth: usize) -> Self {
+        let depth = depth.clamp(1, u32::MAX as usize);
+        let shared = Arc::new(ContextShared {
+            done: Mutex::new(Vec::with_capacity(depth)),
+            ready: Condvar::new(),
+        });
+        let slots = (0..depth as u32)
+            .map(|index| {
+                Arc::new(RequestSlot {
+                    index,
+                    ctx: shared.clone(),
+                    remaining: AtomicU32::new(0),
+                    error: Mutex::new(None),
+                    guard: Mutex::new(None),
+                    len: AtomicU64::new(0),
+                    tag: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        IoContext {
+            slots,
+            free: (0..depth as u32).rev().collect(),
+            shared,
+            ready: Vec::with_capacity(depth),
+        }
+    }
+
+    /// Requests in flight at most.
+    pub fn depth(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Requests submitted and not yet collected.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Starts a request. Invalid requests are refused here and touch nothing.
+    pub fn submit(&mut self, volume: &Volume, request: Request<'_>) -> Result<(), Error> {
+        volume.validate(&request)?;
+        let Some(index) = self.free.pop() else {
+            return Err(Error::ContextFull {
+                depth: self.slots.len(),
+            });
+        };
+        let slot = &self.slots[index as usize];
+        let guard = match request.mapping.acquire() {
+            Ok(guard) => guard,
+            Err(e) => {
+                self.free.push(index);
+                return Err(e.into());
+            }
+        };
+        slot.begin(request.tag, request.len);
+        volume.fan_out(&request, &guard, slot);
+        // The submitter's reference keeps the request open until here, so the guard is in
+        // place before the last device command can finish and release it.
+        *slot.guard.lock() = Some(guard);
+        slot.release();
+        Ok(())
+    }
+
+    /// Collects finished requests without blocking; returns how many were added to `out`.
+    pub fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        self.collect(0, out)
+    }
+
+    /// Blocks until at least `min` requests (at most those in flight) have finished, and
+    /// collects every finished one.
+    pub fn wait(&mut self, min: usize, out: &mut Vec<Completion>) -> usize {
+        self.collect(min.min(self.in_flight()), out)
+    }
+
+    /// Blocks until one request finishes and returns it; `None` if nothing is in flight.
+    pub fn wait_one(&mut self) -> Option<Completion> {
+        if self.ready.is_empty() {
+            if self.in_flight() == 0 {
+                return None;
+            }
+            self.fetch(1);
+        }
+        let index = self.ready.pop()?;
+        self.free.push(index);
+        Some(self.slots[index as usize].take_completion())
+    }
+
+    fn collect(&mut self, min: usize, out: &mut Vec<Completion>) -> usize {
+        let mut n = 0;
+        loop {
+            self.fetch(0);
+            while let Some(index) = self.ready.pop() {
+                self.free.push(index);
+                out.push(self.slots[index as usize].take_completion());
+                n += 1;
+            }
+            if n >= min {
+                return n;
+            }
+            self.fetch(1);
+        }
+    }
+
+    /// Moves finished slot indices into `ready`, waiting until there are at least `min`.
+    fn fetch(&mut self, min: usize) {
+        let mut done = self.shared.done.lock();
+        while done.len() + self.ready.len() < min {
+            self.shared.ready.wait(&mut done);
+        }
+        self.ready.extend(done.drain(..));
+    }
+}
+
+impl Drop for IoContext {
+    /// Waits for requests still in flight: their buffers are pinned until they finish.
+    fn drop(&mut self) {
+        while self.in_flight() > 0 {
+            if self.wait_one().is_none() {
+                break;
+            }
+        }
+    }
+}
+
+thread_local! {
+    static BLOCKING: RefCell<Option<IoContext>> = const { RefCell::new(None) };
+}
+
+/// Runs one request to completion on this thread's private context.
+pub(crate) fn run_blocking(volume: &Volume, request: Request<'_>) -> Result<u64, Error> {
+    BLOCKING.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let ctx = cell.get_or_insert_with(|| IoContext::new(1));
+        ctx.submit(volume, request)?;
+        match ctx.wait_one() {
+            Some(c) => c.result,
+            None => Err(Error::ContextFull { depth: 1 }),
+        }
+    })
+}

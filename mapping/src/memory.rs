@@ -1,0 +1,259 @@
+//! Memory shared with devices and other processes: a memfd mapped into this process.
+//!
+//! Such memory can be written at any time by a device (DMA through io_uring) or by another
+//! process holding the fd, so it is never exposed as `&mut [u8]`: access is by bounds-checked
+//! copies and by raw addresses handed to the kernel.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+use crate::error::MappingError;
+
+/// The largest piece of memory one device slot can describe (io_uring caps one fixed buffer
+/// at 1 GiB). A larger buffer is presented as several chunks, like a scatter-gather table.
+pub const CHUNK_MAX: u64 = 1 << 30;
+
+const PAGE: u64 = 4096;
+const HUGE_PAGE: u64 = 2 << 20;
+
+/// One entry of a memory's scatter-gather table.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryChunk {
+    /// Offset of the chunk inside the memory.
+    pub offset: u64,
+    /// Length in bytes, at most [`CHUNK_MAX`].
+    pub len: u64,
+    /// Address of the chunk's first byte in this process.
+    pub addr: *mut u8,
+}
+
+/// A page-aligned, mapped, sealed memfd.
+#[derive(Debug)]
+pub struct Memory {
+    ptr: NonNull<u8>,
+    len: u64,
+    mapped_len: u64,
+    fd: OwnedFd,
+    id: u64,
+}
+
+// SAFETY: `Memory` owns a shared mapping that lives until drop; the pointer is never used to
+// form Rust references, only for raw copies and addresses given to the kernel, so sharing it
+// between threads cannot create aliasing `&mut`.
+unsafe impl Send for Memory {}
+// SAFETY: as above; every method takes `&self` and copies through raw pointers.
+unsafe impl Sync for Memory {}
+
+impl Memory {
+    /// Creates `len` bytes of zeroed, prefaulted memory backed by a new sealed memfd.
+    pub fn create(name: &str, len: u64, huge_pages: bool) -> Result<Self, MappingError> {
+        if len == 0 {
+            return Err(MappingError::EmptyBuffer);
+        }
+        let page = if huge_pages { HUGE_PAGE } else { PAGE };
+        let mapped_len = len
+            .checked_next_multiple_of(page)
+            .ok_or(MappingError::BufferTooLarge { len, max: u64::MAX })?;
+        let fd = memfd_create(name, huge_pages)?;
+        // SAFETY: `fd` is a valid memfd we own; ftruncate only changes its size.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), mapped_len as libc::off_t) } != 0 {
+            return Err(MappingError::os("ftruncate(memfd)"));
+        }
+        seal(&fd)?;
+        let ptr = map_shared(&fd, mapped_len, huge_pages)?;
+        Ok(Memory {
+            ptr,
+            len,
+            mapped_len,
+            fd,
+            id: crate::next_id(),
+        })
+    }
+
+    /// Maps an existing memfd (for example one received from another process). The memfd must
+    /// already be sealed against shrinking and growing, so its owner cannot truncate pages
+    /// away from under registered I/O.
+    pub fn from_memfd(fd: OwnedFd) -> Result<Self, MappingError> {
+        check_sealed(&fd)?;
+        let len = fd_size(&fd)?;
+        if len == 0 {
+            return Err(MappingError::EmptyBuffer);
+        }
+        if len % PAGE != 0 {
+            return Err(MappingError::OutOfBuffer {
+                offset: 0,
+                len,
+                buffer_len: len - len % PAGE,
+            });
+        }
+        let ptr = map_shared(&fd, len, false)?;
+        Ok(Memory {
+            ptr,
+            len,
+            mapped_len: len,
+            fd,
+            id: crate::next_id(),
+        })
+    }
+
+    /// Length in bytes that I/O may address.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Always false: memory is never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Unique number of this piece of memory (changes when a buffer migrates).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The memfd behind the memory.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The scatter-gather table: consecutive chunks of at most [`CHUNK_MAX`] bytes covering
+    /// the mapped length.
+    pub fn chunks(&self) -> impl Iterator<Item = MemoryChunk> + '_ {
+        (0..self.mapped_len.div_ceil(CHUNK_MAX)).map(move |i| {
+            let offset = i * CHUNK_MAX;
+            MemoryChunk {
+                offset,
+                len: (self.mapped_len - offset).min(CHUNK_MAX),
+                // SAFETY: offset < mapped_len, so the result stays inside the mapping.
+                addr: unsafe { self.ptr.as_ptr().add(offset as usize) },
+            }
+        })
+    }
+
+    /// Address of byte `offset`, after checking that `offset..offset+len` is inside the memory.
+    pub fn addr(&self, offset: u64, len: u64) -> Result<*mut u8, MappingError> {
+        self.check(offset, len)?;
+        // SAFETY: checked above: offset + len <= self.len <= mapped_len.
+        Ok(unsafe { self.ptr.as_ptr().add(offset as usize) })
+    }
+
+    /// Copies `dst.len()` bytes starting at `offset` out of the memory.
+    pub fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<(), MappingError> {
+        let src = self.addr(offset, dst.len() as u64)?;
+        // SAFETY: `src..src+len` is inside our mapping (checked by `addr`); `dst` is a distinct
+        // Rust buffer, so the ranges cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    /// Copies `src` into the memory starting at `offset`.
+    pub fn write_at(&self, offset: u64, src: &[u8]) -> Result<(), MappingError> {
+        let dst = self.addr(offset, src.len() as u64)?;
+        // SAFETY: `dst..dst+len` is inside our mapping (checked by `addr`); `src` is a distinct
+        // Rust buffer.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        Ok(())
+    }
+
+    /// Copies all of `other` (up to our length) into this memory: the page move of a migration.
+    pub fn copy_from(&self, other: &Memory) {
+        let n = self.len.min(other.len) as usize;
+        // SAFETY: both mappings are at least `n` bytes long and are distinct mappings.
+        unsafe { std::ptr::copy_nonoverlapping(other.ptr.as_ptr(), self.ptr.as_ptr(), n) };
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<(), MappingError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(MappingError::OutOfBuffer {
+                offset,
+                len,
+                buffer_len: self.len,
+            }),
+        }
+    }
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`mapped_len` describe the mapping made in `map_shared`; nothing can use
+        // it after this point because every user holds an `Arc<Memory>`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.mapped_len as usize) };
+    }
+}
+
+fn memfd_create(name: &str, huge_pages: bool) -> Result<OwnedFd, MappingError> {
+    let cname = CString::new(name.replace('\0', "_")).unwrap_or_default();
+    let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    if huge_pages {
+        flags |= libc::MFD_HUGETLB;
+    }
+    // SAFETY: `cname` is a valid NUL-terminated string for the duration of the call.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(MappingError::os("memfd_create"));
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+const REQUIRED_SEALS: i32 = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+
+fn seal(fd: &OwnedFd) -> Result<(), MappingError> {
+    // SAFETY: F_ADD_SEALS on a memfd we own; no memory is involved.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, REQUIRED_SEALS) } != 0 {
+        return Err(MappingError::os("fcntl(F_ADD_SEALS)"));
+    }
+    Ok(())
+}
+
+fn check_sealed(fd: &OwnedFd) -> Result<(), MappingError> {
+    // SAFETY: F_GET_SEALS only reads the seals of the descriptor.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(MappingError::os("fcntl(F_GET_SEALS) (is it a memfd?)"));
+    }
+    let missing = REQUIRED_SEALS & !seals;
+    if missing != 0 {
+        return Err(MappingError::NotSealed { missing });
+    }
+    Ok(())
+}
+
+fn fd_size(fd: &OwnedFd) -> Result<u64, MappingError> {
+    // SAFETY: `st` is plain data that fstat fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable stat struct.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(MappingError::os("fstat(memfd)"));
+    }
+    Ok(st.st_size as u64)
+}
+
+fn map_shared(fd: &OwnedFd, len: u64, huge_pages: bool) -> Result<NonNull<u8>, MappingError> {
+    // SAFETY: a fresh shared mapping of `len` bytes of `fd`, placed by the kernel; no existing
+    // memory is affected. MAP_POPULATE creates the pages now so registration only pins them.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        let err = std::io::Error::last_os_error();
+        return Err(if huge_pages {
+            MappingError::HugePagesUnavailable { source: err }
+        } else {
+            MappingError::Os {
+                op: "mmap(memfd)",
+                source: err,
+            }
+        });
+    }
+    NonNull::new(ptr.cast()).ok_or_else(|| MappingError::os("mmap returned null"))
+}
