@@ -12,6 +12,7 @@
 pub mod device;
 mod engine;
 pub mod error;
+pub mod pattern;
 pub mod spec;
 mod volume;
 

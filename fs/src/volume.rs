@@ -167,7 +167,7 @@ impl Volume {
             ("buffer offset", r.buffer_offset),
             ("length", r.len),
         ] {
-            if value % self.block_size != 0 {
+            if !value.is_multiple_of(self.block_size) {
                 return Err(Error::Misaligned {
                     what,
                     value,

@@ -151,7 +151,7 @@ impl DeviceQueue {
                 (path.clone(), memory_backing(&path, spec.size)?)
             }
         };
-        if spec.lba % probed.block_size != 0 {
+        if !spec.lba.is_multiple_of(probed.block_size) {
             return Err(Error::Emulation {
                 path,
                 what: format!(

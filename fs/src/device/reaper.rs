@@ -53,17 +53,18 @@ pub(super) fn run(dev: &DeviceShared) {
         }
         if !freed.is_empty() {
             let mut state = dev.submit.lock();
-            state.free.extend(freed.drain(..));
+            state.free.append(&mut freed);
             let idle = state.free.len() == depth;
             drop(state);
             dev.space.notify_all();
             if idle && dev.closed.load(Ordering::Acquire) {
                 return;
             }
-        } else if dev.closed.load(Ordering::Acquire) && held.is_empty() {
-            if dev.submit.lock().free.len() == depth {
-                return;
-            }
+        } else if dev.closed.load(Ordering::Acquire)
+            && held.is_empty()
+            && dev.submit.lock().free.len() == depth
+        {
+            return;
         }
     }
 }
