@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use parking_lot::{Condvar, Mutex};
 use stripefs_mapping::{MapGuard, Mapping};
 
+use crate::device::{DeviceQueue, Piece};
 use crate::error::{Error, Op};
 use crate::volume::Volume;
 
@@ -24,6 +25,46 @@ pub struct Request<'a> {
     pub buffer_offset: u64,
     pub len: u64,
     pub tag: u64,
+}
+
+/// Issues the device commands of one request: each device gets its pieces as one batch.
+pub(crate) struct FanOut<'a> {
+    op: Op,
+    guard: &'a MapGuard,
+    slot: &'a Arc<RequestSlot>,
+}
+
+impl FanOut<'_> {
+    /// Queues `pieces` on `device`, through the mapping's attachment number `attachment`.
+    pub(crate) fn device(
+        &mut self,
+        attachment: usize,
+        device: &DeviceQueue,
+        pieces: impl Iterator<Item = Piece>,
+    ) {
+        let mut pieces = pieces.peekable();
+        if pieces.peek().is_none() {
+            return;
+        }
+        match self.guard.attachment(attachment) {
+            Some(att) => device.submit(self.op, pieces, att, self.slot),
+            None => self.fail(Error::NotAttached {
+                device: device.name().to_string(),
+            }),
+        }
+    }
+
+    /// Fills a buffer range with zeros (a hole read).
+    pub(crate) fn zero(&mut self, buffer_offset: u64, len: u64) {
+        if let Err(e) = self.guard.memory().fill(buffer_offset, len, 0) {
+            self.fail(e.into());
+        }
+    }
+
+    /// Fails the request (its other commands still run to completion).
+    pub(crate) fn fail(&mut self, error: Error) {
+        self.slot.fail(error);
+    }
 }
 
 /// The outcome of one request: the bytes transferred, or the first error of any of its
@@ -149,24 +190,43 @@ impl IoContext {
         self.slots.len() - self.free.len()
     }
 
-    /// Starts a request. Invalid requests are refused here and touch nothing.
+    /// Starts a request on a volume. Invalid requests are refused here and touch nothing.
     pub fn submit(&mut self, volume: &Volume, request: Request<'_>) -> Result<(), Error> {
         volume.validate(&request)?;
+        self.submit_with(request.mapping, request.op, request.tag, request.len, |fan| {
+            volume.plan(&request, fan)
+        })
+    }
+
+    /// Starts a validated request whose device commands `plan` issues through a [`FanOut`].
+    /// `len` is what the completion reports on success.
+    pub(crate) fn submit_with(
+        &mut self,
+        mapping: &Mapping,
+        op: Op,
+        tag: u64,
+        len: u64,
+        plan: impl FnOnce(&mut FanOut<'_>),
+    ) -> Result<(), Error> {
         let Some(index) = self.free.pop() else {
             return Err(Error::ContextFull {
                 depth: self.slots.len(),
             });
         };
         let slot = &self.slots[index as usize];
-        let guard = match request.mapping.acquire() {
+        let guard = match mapping.acquire() {
             Ok(guard) => guard,
             Err(e) => {
                 self.free.push(index);
                 return Err(e.into());
             }
         };
-        slot.begin(request.tag, request.len);
-        volume.fan_out(&request, &guard, slot);
+        slot.begin(tag, len);
+        plan(&mut FanOut {
+            op,
+            guard: &guard,
+            slot,
+        });
         // The submitter's reference keeps the request open until here, so the guard is in
         // place before the last device command can finish and release it.
         *slot.guard.lock() = Some(guard);

@@ -1,13 +1,11 @@
 //! Volumes: a raw device, or several devices striped with a layout. Both register buffers
 //! the same way and return the same [`Mapping`].
 
-use std::sync::Arc;
-
 use stripefs_layout::{DeviceIndex, FileOffset, StripeLayout, StripeUnit};
-use stripefs_mapping::{Buffer, MapGuard, Mapping};
+use stripefs_mapping::{Buffer, Mapping};
 
 use crate::device::{DeviceQueue, Piece};
-use crate::engine::{self, Request, RequestSlot};
+use crate::engine::{self, FanOut, Request};
 use crate::error::{Error, Op};
 
 /// A registered-I/O target made of devices: `offset` in a request is an offset in the
@@ -199,44 +197,34 @@ impl Volume {
         Ok(())
     }
 
-    /// Resolves a validated request into per-device pieces and queues them, one batch per
-    /// device. Failures are recorded on the request.
-    pub(crate) fn fan_out(&self, r: &Request<'_>, guard: &MapGuard, slot: &Arc<RequestSlot>) {
+    /// Resolves a validated request into per-device pieces, one batch per device.
+    pub(crate) fn plan(&self, r: &Request<'_>, fan: &mut FanOut<'_>) {
         for (column, device) in self.devices.iter().enumerate() {
             let Ok(segments) = self.layout.segments(FileOffset(r.offset), r.len) else {
                 return; // validated: cannot overflow
             };
-            let mut pieces = segments.filter(|s| s.column == column).map(|s| Piece {
+            let pieces = segments.filter(|s| s.column == column).map(|s| Piece {
                 device_offset: s.device_offset.0,
                 len: s.len,
                 buffer_offset: r.buffer_offset + s.request_offset,
             });
-            let Some(first) = pieces.next() else {
-                continue;
-            };
-            let Some(attachment) = guard.attachment(column) else {
-                slot.fail(Error::NotAttached {
-                    device: device.name().to_string(),
-                });
-                continue;
-            };
-            device.submit(r.op, Merged::new(first, pieces), attachment, slot);
+            fan.device(column, device, Merged::new(pieces));
         }
     }
 }
 
 /// Joins pieces that are contiguous both on the device and in the buffer (with one column,
 /// a range cut at unit boundaries becomes one piece again).
-struct Merged<I> {
+pub(crate) struct Merged<I> {
     next: Option<Piece>,
     rest: I,
 }
 
 impl<I: Iterator<Item = Piece>> Merged<I> {
-    fn new(first: Piece, rest: I) -> Self {
+    pub(crate) fn new(mut pieces: I) -> Self {
         Merged {
-            next: Some(first),
-            rest,
+            next: pieces.next(),
+            rest: pieces,
         }
     }
 }

@@ -156,6 +156,14 @@ impl Memory {
         Ok(())
     }
 
+    /// Sets `len` bytes starting at `offset` to `byte`.
+    pub fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), MappingError> {
+        let dst = self.addr(offset, len)?;
+        // SAFETY: `dst..dst+len` is inside our mapping (checked by `addr`).
+        unsafe { std::ptr::write_bytes(dst, byte, len as usize) };
+        Ok(())
+    }
+
     /// Copies all of `other` (up to our length) into this memory: the page move of a migration.
     pub fn copy_from(&self, other: &Memory) {
         let n = self.len.min(other.len) as usize;
