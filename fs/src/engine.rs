@@ -48,6 +48,9 @@ impl FanOut<'_> {
         }
         match self.guard.attachment(attachment) {
             Some(att) => device.submit(self.op, pieces, att, self.slot),
+            None if device.faults().is_offline() => self.fail(Error::DeviceOffline {
+                device: device.name().to_string(),
+            }),
             None => self.fail(Error::NotAttached {
                 device: device.name().to_string(),
             }),
@@ -301,13 +304,39 @@ thread_local! {
 
 /// Runs one request to completion on this thread's private context.
 pub(crate) fn run_blocking(volume: &Volume, request: Request<'_>) -> Result<u64, Error> {
-    BLOCKING.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let ctx = cell.get_or_insert_with(|| IoContext::new(1));
-        ctx.submit(volume, request)?;
-        match ctx.wait_one() {
-            Some(c) => c.result,
-            None => Err(Error::ContextFull { depth: 1 }),
-        }
+    volume.validate(&request)?;
+    run_plan(request.mapping, request.op, request.len, |fan| {
+        volume.plan(&request, fan)
     })
+}
+
+/// Runs one validated request, whose device commands `plan` issues, to completion on this
+/// thread's private context (a fresh one if that context is busy further up the stack).
+pub(crate) fn run_plan(
+    mapping: &Mapping,
+    op: Op,
+    len: u64,
+    plan: impl FnOnce(&mut FanOut<'_>),
+) -> Result<u64, Error> {
+    BLOCKING.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut cell) => {
+            let ctx = cell.get_or_insert_with(|| IoContext::new(1));
+            run_on(ctx, mapping, op, len, plan)
+        }
+        Err(_) => run_on(&mut IoContext::new(1), mapping, op, len, plan),
+    })
+}
+
+fn run_on(
+    ctx: &mut IoContext,
+    mapping: &Mapping,
+    op: Op,
+    len: u64,
+    plan: impl FnOnce(&mut FanOut<'_>),
+) -> Result<u64, Error> {
+    ctx.submit_with(mapping, op, 0, len, plan)?;
+    match ctx.wait_one() {
+        Some(c) => c.result,
+        None => Err(Error::ContextFull { depth: 1 }),
+    }
 }

@@ -5,7 +5,7 @@
 //! [`MapGuard`] on the state it started with; invalidation swaps the state out, then waits
 //! until no guard on the old state is left (the fence) before the old attachments detach.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwapOption;
@@ -41,6 +41,8 @@ pub(crate) struct MappingShared {
     buffer: Arc<BufferShared>,
     importers: Box<[Arc<dyn Importer>]>,
     state: ArcSwapOption<MapState>,
+    /// States taken out of service whose in-flight I/O may still be draining.
+    retired: Mutex<Vec<Weak<MapState>>>,
     /// Serialises installing and removing states (remap, invalidate, revoke).
     remap_lock: Mutex<()>,
     revoked: AtomicBool,
@@ -51,8 +53,11 @@ pub(crate) struct MappingShared {
 struct MapState {
     epoch: u64,
     memory: Arc<Memory>,
-    /// Per device, in importer order; `None` where the device refused (offline) at remap.
-    attachments: Box<[Option<Attachment>]>,
+    importers: Box<[Arc<dyn Importer>]>,
+    /// Per device, in importer order; empty where the device refused (offline) so far: the
+    /// next I/O that needs it tries again.
+    attachments: Box<[OnceLock<Attachment>]>,
+    attach_lock: Mutex<()>,
     inflight: AtomicUsize,
     draining: AtomicBool,
     fence: Mutex<()>,
@@ -79,6 +84,7 @@ impl Mapping {
             buffer: buffer.shared.clone(),
             importers: importers.into_boxed_slice(),
             state: ArcSwapOption::empty(),
+            retired: Mutex::new(Vec::new()),
             remap_lock: Mutex::new(()),
             revoked: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
@@ -170,6 +176,8 @@ impl Mapping {
         if let Some(old) = old {
             old.drain();
         }
+        // A migration may have taken the last state out and still be waiting for its I/O.
+        self.shared.drain_retired();
     }
 }
 
@@ -178,11 +186,11 @@ impl MappingShared {
         &self,
         memory: &Arc<Memory>,
         strict: bool,
-    ) -> Result<Box<[Option<Attachment>]>, MappingError> {
+    ) -> Result<Box<[OnceLock<Attachment>]>, MappingError> {
         let mut attachments = Vec::with_capacity(self.importers.len());
         for importer in self.importers.iter() {
             match Attachment::new(importer.clone(), memory.clone()) {
-                Ok(att) => attachments.push(Some(att)),
+                Ok(att) => attachments.push(OnceLock::from(att)),
                 Err(source) if strict => {
                     return Err(MappingError::Attach {
                         device: importer.name().to_string(),
@@ -190,18 +198,20 @@ impl MappingShared {
                     });
                 }
                 // A device that cannot attach now (offline) fails only the I/O that touches it.
-                Err(_) => attachments.push(None),
+                Err(_) => attachments.push(OnceLock::new()),
             }
         }
         Ok(attachments.into_boxed_slice())
     }
 
-    fn install(&self, memory: Arc<Memory>, attachments: Box<[Option<Attachment>]>) {
+    fn install(&self, memory: Arc<Memory>, attachments: Box<[OnceLock<Attachment>]>) {
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         self.state.store(Some(Arc::new(MapState {
             epoch,
             memory,
+            importers: self.importers.clone(),
             attachments,
+            attach_lock: Mutex::new(()),
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             fence: Mutex::new(()),
@@ -225,10 +235,29 @@ impl MappingShared {
     pub(crate) fn invalidate(&self) {
         let old = {
             let _lock = self.remap_lock.lock();
-            self.state.swap(None)
+            let old = self.state.swap(None);
+            if let Some(old) = &old {
+                self.retire(old);
+            }
+            old
         };
         if let Some(old) = old {
             old.drain();
+        }
+    }
+
+    /// Remembers a state that is being drained, so that a revoke can wait for it too.
+    fn retire(&self, state: &Arc<MapState>) {
+        let mut retired = self.retired.lock();
+        retired.retain(|w| w.strong_count() > 0);
+        retired.push(Arc::downgrade(state));
+    }
+
+    /// Waits for every state still draining.
+    fn drain_retired(&self) {
+        let retired: Vec<Arc<MapState>> = self.retired.lock().iter().filter_map(Weak::upgrade).collect();
+        for state in retired {
+            state.drain();
         }
     }
 }
@@ -256,10 +285,20 @@ impl MapGuard {
         Some(guard)
     }
 
-    /// The attachment of device `index` (in registration order), or `None` if that device
-    /// could not attach (offline) at the last remap.
+    /// The attachment of device `index` (in registration order). A device that could not
+    /// attach at the last remap (offline) is asked again; `None` if it still refuses.
     pub fn attachment(&self, index: usize) -> Option<&Attachment> {
-        self.state.attachments.get(index)?.as_ref()
+        let slot = self.state.attachments.get(index)?;
+        if let Some(att) = slot.get() {
+            return Some(att);
+        }
+        let _lock = self.state.attach_lock.lock();
+        if slot.get().is_none() {
+            let importer = self.state.importers.get(index)?.clone();
+            let att = Attachment::new(importer, self.state.memory.clone()).ok()?;
+            let _ = slot.set(att);
+        }
+        slot.get()
     }
 
     /// The memory the attachments map.
