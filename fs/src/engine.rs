@@ -196,9 +196,13 @@ impl IoContext {
     /// Starts a request on a volume. Invalid requests are refused here and touch nothing.
     pub fn submit(&mut self, volume: &Volume, request: Request<'_>) -> Result<(), Error> {
         volume.validate(&request)?;
-        self.submit_with(request.mapping, request.op, request.tag, request.len, |fan| {
-            volume.plan(&request, fan)
-        })
+        self.submit_with(
+            request.mapping,
+            request.op,
+            request.tag,
+            request.len,
+            |fan| volume.plan(&request, fan),
+        )
     }
 
     /// Starts a validated request whose device commands `plan` issues through a [`FanOut`].

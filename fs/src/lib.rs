@@ -12,6 +12,8 @@
 pub mod device;
 mod engine;
 pub mod error;
+pub mod filesystem;
+pub mod meta;
 pub mod pattern;
 pub mod spec;
 mod volume;
@@ -19,5 +21,6 @@ mod volume;
 pub use device::{DeviceKind, DeviceQueue, DeviceStats, Faults, QueueOptions};
 pub use engine::{Completion, IoContext, Request};
 pub use error::{Error, Op};
+pub use filesystem::{Filesystem, FsError, MkfsOptions};
 pub use spec::DeviceSpec;
 pub use volume::Volume;

@@ -9,6 +9,7 @@
 mod error;
 mod geometry;
 mod offsets;
+pub mod ondisk;
 mod segment;
 
 pub use error::LayoutError;

@@ -1,0 +1,641 @@
+//! The file data path: resolving file ranges through the layout and the extents, the POSIX
+//! read/write/truncate path through bounce buffers, and registered I/O against files.
+
+use stripefs_layout::FileOffset;
+use stripefs_layout::ondisk::{InodeKind, Record};
+use stripefs_mapping::{Buffer, Mapping};
+
+use super::bounce::BOUNCE_SIZE;
+use super::error::FsError;
+use super::format::{BLOCK_SIZE, stripe_layout};
+use super::{Filesystem, now};
+use crate::device::Piece;
+use crate::engine;
+use crate::error::{Error, Op};
+use crate::meta::Metadata;
+use crate::meta::extents::{self, Extent};
+use crate::volume::Merged;
+
+/// Largest file: offsets stay far from u64 overflow in every computation.
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
+
+/// One piece of a file range: stored on a device, or a hole.
+#[derive(Clone, Copy, Debug)]
+struct FilePiece {
+    column: usize,
+    device: usize,
+    object_offset: u64,
+    device_offset: Option<u64>,
+    len: u64,
+    request_offset: u64,
+}
+
+/// Which attachment of a mapping serves a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AttachBy {
+    /// Bounce buffers: attached to every device, attachment `i` is device `i`.
+    Device,
+    /// File registrations: attached to the file's layout, attachment `i` is column `i`.
+    Column,
+}
+
+/// A range of a mapping's buffer.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    mapping: &'a Mapping,
+    by: AttachBy,
+    offset: u64,
+}
+
+fn round_down(x: u64) -> u64 {
+    x / BLOCK_SIZE * BLOCK_SIZE
+}
+
+fn round_up(x: u64) -> u64 {
+    x.div_ceil(BLOCK_SIZE) * BLOCK_SIZE
+}
+
+fn resolve(meta: &Metadata, ino: u64, offset: u64, len: u64) -> Result<Vec<FilePiece>, FsError> {
+    let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+    let record = inode.record.layout.as_ref().ok_or(FsError::IsDir)?;
+    let layout = stripe_layout(record)?;
+    let mut out = Vec::new();
+    let segments = layout
+        .segments(FileOffset(offset), len)
+        .map_err(|e| FsError::invalid(e.to_string()))?;
+    for seg in segments {
+        let map = inode.extents.get(seg.column).ok_or(FsError::Corrupt {
+            device: String::new(),
+            what: format!("inode {ino} has no extents for column {}", seg.column),
+        })?;
+        let device = usize::from(record.devices[seg.column]);
+        for p in map.pieces(seg.device_offset.0, seg.len) {
+            let (object_offset, device_offset, len) = match p {
+                extents::Piece::Mapped(e) => (e.object_offset, Some(e.device_offset), e.len),
+                extents::Piece::Hole { object_offset, len } => (object_offset, None, len),
+            };
+            out.push(FilePiece {
+                column: seg.column,
+                device,
+                object_offset,
+                device_offset,
+                len,
+                request_offset: seg.request_offset + (object_offset - seg.device_offset.0),
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl Filesystem {
+    /// Moves the pieces between the devices and `target`; holes read as zeros.
+    fn transfer(&self, op: Op, pieces: &[FilePiece], target: Target<'_>) -> Result<(), FsError> {
+        let total: u64 = pieces.iter().map(|p| p.len).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        engine::run_plan(target.mapping, op, total, |fan| {
+            for (index, device) in self.devices.iter().enumerate() {
+                let mut attachment = None;
+                let stored = pieces.iter().filter(|p| p.device == index).filter_map(|p| {
+                    attachment = Some(match target.by {
+                        AttachBy::Device => p.device,
+                        AttachBy::Column => p.column,
+                    });
+                    p.device_offset.map(|d| Piece {
+                        device_offset: d,
+                        len: p.len,
+                        buffer_offset: target.offset + p.request_offset,
+                    })
+                });
+                let batch: Vec<Piece> = Merged::new(stored).collect();
+                if let Some(attachment) = attachment {
+                    fan.device(attachment, device, batch.into_iter());
+                }
+            }
+            if op == Op::Read {
+                for p in pieces.iter().filter(|p| p.device_offset.is_none()) {
+                    fan.zero(target.offset + p.request_offset, p.len);
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Reads the block-aligned file range `a0..a1` into `target`.
+    fn read_aligned(&self, ino: u64, a0: u64, a1: u64, target: Target<'_>) -> Result<(), FsError> {
+        let pieces = resolve(&self.meta.read(), ino, a0, a1 - a0)?;
+        self.transfer(Op::Read, &pieces, target)
+    }
+
+    /// Writes the block-aligned file range `a0..a1` from `target`, allocating holes first and
+    /// recording the new extents once the data is on the devices.
+    fn write_aligned(&self, ino: u64, a0: u64, a1: u64, target: Target<'_>) -> Result<(), FsError> {
+        let mut pieces = resolve(&self.meta.read(), ino, a0, a1 - a0)?;
+        let fresh = self.allocate_holes(ino, &mut pieces)?;
+        if let Err(e) = self.transfer(Op::Write, &pieces, target) {
+            let mut alloc = self.alloc.lock();
+            for (_, device, e2) in &fresh {
+                alloc.release(*device, e2.device_offset, e2.len);
+            }
+            return Err(e);
+        }
+        let records = fresh
+            .iter()
+            .map(|(column, _, e)| Record::Extent {
+                ino,
+                column: *column as u16,
+                object_offset: e.object_offset,
+                device_offset: e.device_offset,
+                len: e.len,
+            })
+            .collect();
+        let mut meta = self.meta.write();
+        self.change(&mut meta, records)
+    }
+
+    /// Gives every hole in `pieces` device space (all or nothing); returns the new extents as
+    /// (column, device, extent).
+    fn allocate_holes(
+        &self,
+        ino: u64,
+        pieces: &mut Vec<FilePiece>,
+    ) -> Result<Vec<(usize, usize, Extent)>, FsError> {
+        if pieces.iter().all(|p| p.device_offset.is_some()) {
+            return Ok(Vec::new());
+        }
+        let goals: Vec<Option<u64>> = {
+            let meta = self.meta.read();
+            let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+            pieces
+                .iter()
+                .map(|p| {
+                    inode
+                        .extents
+                        .get(p.column)
+                        .and_then(|m| m.device_end_at(p.object_offset))
+                })
+                .collect()
+        };
+        let mut alloc = self.alloc.lock();
+        let mut fresh: Vec<(usize, usize, Extent)> = Vec::new();
+        let mut out = Vec::with_capacity(pieces.len());
+        for (p, goal) in pieces.iter().zip(goals) {
+            if p.device_offset.is_some() {
+                out.push(*p);
+                continue;
+            }
+            let goal = goal.or_else(|| {
+                fresh
+                    .iter()
+                    .rev()
+                    .find(|(c, _, e)| *c == p.column && e.object_offset + e.len == p.object_offset)
+                    .map(|(_, _, e)| e.device_offset + e.len)
+            });
+            let runs = match alloc.allocate(p.device, p.len, goal) {
+                Ok(runs) => runs,
+                Err(e) => {
+                    for (_, device, e2) in &fresh {
+                        alloc.release(*device, e2.device_offset, e2.len);
+                    }
+                    return Err(e.into());
+                }
+            };
+            let mut done = 0;
+            for (start, len) in runs {
+                let piece = FilePiece {
+                    object_offset: p.object_offset + done,
+                    device_offset: Some(start),
+                    len,
+                    request_offset: p.request_offset + done,
+                    ..*p
+                };
+                fresh.push((
+                    p.column,
+                    p.device,
+                    Extent {
+                        object_offset: piece.object_offset,
+                        device_offset: start,
+                        len,
+                    },
+                ));
+                out.push(piece);
+                done += len;
+            }
+        }
+        *pieces = out;
+        Ok(fresh)
+    }
+
+    fn file_size(&self, ino: u64) -> Result<u64, FsError> {
+        let meta = self.meta.read();
+        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+        match inode.record.kind {
+            InodeKind::File => Ok(inode.record.size),
+            InodeKind::Dir => Err(FsError::IsDir),
+            InodeKind::Symlink => Err(FsError::invalid("not a regular file")),
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset` (short at end of file).
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let lock = self.data_lock(ino);
+        let _shared = lock.read();
+        let file_size = self.file_size(ino)?;
+        let end = offset.saturating_add(u64::from(size)).min(file_size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        self.read_bounced(ino, offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads `out.len()` bytes at `offset` through bounce buffers.
+    fn read_bounced(&self, ino: u64, offset: u64, out: &mut [u8]) -> Result<(), FsError> {
+        let bounce = self.pool.take()?;
+        let end = offset + out.len() as u64;
+        let mut w0 = offset;
+        while w0 < end {
+            let a0 = round_down(w0);
+            let w1 = end.min(a0 + BOUNCE_SIZE - 2 * BLOCK_SIZE);
+            let a1 = round_up(w1);
+            let target = Target {
+                mapping: &bounce.mapping,
+                by: AttachBy::Device,
+                offset: 0,
+            };
+            self.read_aligned(ino, a0, a1, target)?;
+            let at = (w0 - offset) as usize..(w1 - offset) as usize;
+            bounce
+                .buffer
+                .read_at(w0 - a0, &mut out[at])
+                .map_err(Error::from)?;
+            w0 = w1;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, extending the file if needed.
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let lock = self.data_lock(ino);
+        let _exclusive = lock.write();
+        let size = self.file_size(ino)?;
+        let end = check_range(offset, data.len() as u64)?;
+        self.write_bounced(ino, offset, data)?;
+        self.set_size_after_write(ino, size.max(end))?;
+        Ok(data.len() as u32)
+    }
+
+    /// Writes `data` at `offset` through bounce buffers (read-modify-write of partial
+    /// blocks). Does not change the size.
+    fn write_bounced(&self, ino: u64, offset: u64, data: &[u8]) -> Result<(), FsError> {
+        let bounce = self.pool.take()?;
+        let end = offset + data.len() as u64;
+        let mut w0 = offset;
+        while w0 < end {
+            let a0 = round_down(w0);
+            let w1 = end.min(a0 + BOUNCE_SIZE - 2 * BLOCK_SIZE);
+            let a1 = round_up(w1);
+            let target = Target {
+                mapping: &bounce.mapping,
+                by: AttachBy::Device,
+                offset: 0,
+            };
+            if w0 != a0 {
+                self.read_aligned(ino, a0, a0 + BLOCK_SIZE, target)?;
+            }
+            if w1 != a1 && (w0 == a0 || a1 - BLOCK_SIZE != a0) {
+                let tail = Target {
+                    offset: a1 - BLOCK_SIZE - a0,
+                    ..target
+                };
+                self.read_aligned(ino, a1 - BLOCK_SIZE, a1, tail)?;
+            }
+            let at = (w0 - offset) as usize..(w1 - offset) as usize;
+            bounce
+                .buffer
+                .write_at(w0 - a0, &data[at])
+                .map_err(Error::from)?;
+            self.write_aligned(ino, a0, a1, target)?;
+            w0 = w1;
+        }
+        Ok(())
+    }
+
+    fn set_size_after_write(&self, ino: u64, size: u64) -> Result<(), FsError> {
+        let mut meta = self.meta.write();
+        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+        let mut r = inode.record.clone();
+        let t = now();
+        r.size = size;
+        r.mtime = t;
+        r.ctime = t;
+        self.change(&mut meta, vec![Record::Inode(r)])
+    }
+
+    /// Sets the size; space past the new end is released and reads there return zeros.
+    pub(crate) fn truncate(&self, ino: u64, new_size: u64) -> Result<(), FsError> {
+        if new_size > MAX_FILE_SIZE {
+            return Err(FsError::TooLarge {
+                offset: new_size,
+                len: 0,
+            });
+        }
+        let lock = self.data_lock(ino);
+        let _exclusive = lock.write();
+        let size = self.file_size(ino)?;
+        if new_size < size && !new_size.is_multiple_of(BLOCK_SIZE) {
+            // Keep "bytes past the end of the last block are zero", so growing later reads zeros.
+            let zeros = vec![0u8; (round_up(new_size) - new_size) as usize];
+            self.write_bounced(ino, new_size, &zeros)?;
+        }
+        let mut meta = self.meta.write();
+        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+        let mut records = Vec::new();
+        if new_size < size
+            && let Some(record) = &inode.record.layout
+        {
+            let layout = stripe_layout(record)?;
+            for (column, map) in inode.extents.iter().enumerate() {
+                let keep = round_up(layout.column_extent(new_size, column));
+                if map.end() > keep {
+                    records.push(Record::TruncateExtents {
+                        ino,
+                        column: column as u16,
+                        object_offset: keep,
+                    });
+                }
+            }
+        }
+        let mut r = inode.record.clone();
+        let t = now();
+        r.size = new_size;
+        r.mtime = t;
+        r.ctime = t;
+        records.push(Record::Inode(r));
+        self.change(&mut meta, records)
+    }
+
+    // ----- registered I/O against files -----
+
+    /// Registers `buffer` against file `ino`: the file's devices (its layout, in column
+    /// order) each attach it; one mapping stands for all of them.
+    pub fn register(&self, ino: u64, buffer: &Buffer) -> Result<Mapping, FsError> {
+        let devices: Vec<u16> = {
+            let meta = self.meta.read();
+            let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+            if inode.record.kind != InodeKind::File {
+                return Err(FsError::invalid("only regular files can be registered"));
+            }
+            inode
+                .record
+                .layout
+                .as_ref()
+                .map(|l| l.devices.clone())
+                .unwrap_or_default()
+        };
+        let importers = devices
+            .iter()
+            .map(|&d| {
+                self.devices
+                    .get(usize::from(d))
+                    .map(crate::device::DeviceQueue::importer)
+                    .ok_or(FsError::Corrupt {
+                        device: format!("#{d}"),
+                        what: format!("inode {ino} names a device the filesystem does not have"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mapping = Mapping::register(buffer, self.id, importers).map_err(Error::from)?;
+        self.registrations
+            .insert(mapping.id(), (ino, mapping.clone()));
+        Ok(mapping)
+    }
+
+    /// Unregisters a mapping of this filesystem.
+    pub fn unregister(&self, mapping: &Mapping) -> Result<(), FsError> {
+        match self.registrations.remove(&mapping.id()) {
+            Some((_, (_, m))) => {
+                m.revoke();
+                Ok(())
+            }
+            None => Err(FsError::UnknownMapping {
+                mapping: mapping.id(),
+            }),
+        }
+    }
+
+    /// The file a mapping is registered against.
+    pub fn registered_file(&self, mapping: &Mapping) -> Result<u64, FsError> {
+        self.registrations
+            .get(&mapping.id())
+            .map(|r| r.value().0)
+            .ok_or(FsError::UnknownMapping {
+                mapping: mapping.id(),
+            })
+    }
+
+    /// Number of live registrations (for `stat`).
+    pub fn registrations(&self) -> Vec<(u64, u64)> {
+        self.registrations
+            .iter()
+            .map(|r| (*r.key(), r.value().0))
+            .collect()
+    }
+
+    /// Reads up to `len` bytes at file `offset` into the mapping's buffer at `buffer_offset`;
+    /// returns the bytes read (short at end of file). Block-aligned middles go straight from
+    /// the devices into the buffer; unaligned heads and tails go through a bounce buffer.
+    pub fn read_registered(
+        &self,
+        mapping: &Mapping,
+        offset: u64,
+        buffer_offset: u64,
+        len: u64,
+    ) -> Result<u64, FsError> {
+        let ino = self.registered_file(mapping)?;
+        check_buffer(mapping, buffer_offset, len)?;
+        let lock = self.data_lock(ino);
+        let _shared = lock.read();
+        let size = self.file_size(ino)?;
+        let n = len.min(size.saturating_sub(offset));
+        if n == 0 {
+            return Ok(0);
+        }
+        let buffer = mapping.buffer();
+        for part in split(offset, buffer_offset, n) {
+            if part.direct {
+                let target = Target {
+                    mapping,
+                    by: AttachBy::Column,
+                    offset: part.buffer_offset,
+                };
+                self.read_aligned(ino, part.offset, part.offset + part.len, target)?;
+            } else {
+                let mut bytes = vec![0u8; part.len as usize];
+                self.read_bounced(ino, part.offset, &mut bytes)?;
+                buffer
+                    .write_at(part.buffer_offset, &bytes)
+                    .map_err(Error::from)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes `len` bytes from the mapping's buffer at `buffer_offset` to file `offset`,
+    /// allocating and extending as needed; returns `len`.
+    pub fn write_registered(
+        &self,
+        mapping: &Mapping,
+        offset: u64,
+        buffer_offset: u64,
+        len: u64,
+    ) -> Result<u64, FsError> {
+        let ino = self.registered_file(mapping)?;
+        check_buffer(mapping, buffer_offset, len)?;
+        let end = check_range(offset, len)?;
+        {
+            let lock = self.data_lock(ino);
+            let _exclusive = lock.write();
+            let size = self.file_size(ino)?;
+            let buffer = mapping.buffer();
+            for part in split(offset, buffer_offset, len) {
+                if part.direct {
+                    let target = Target {
+                        mapping,
+                        by: AttachBy::Column,
+                        offset: part.buffer_offset,
+                    };
+                    self.write_aligned(ino, part.offset, part.offset + part.len, target)?;
+                } else {
+                    let mut bytes = vec![0u8; part.len as usize];
+                    buffer
+                        .read_at(part.buffer_offset, &mut bytes)
+                        .map_err(Error::from)?;
+                    self.write_bounced(ino, part.offset, &bytes)?;
+                }
+            }
+            self.set_size_after_write(ino, size.max(end))?;
+        }
+        self.invalidate(ino);
+        Ok(len)
+    }
+}
+
+fn check_range(offset: u64, len: u64) -> Result<u64, FsError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= MAX_FILE_SIZE => Ok(end),
+        _ => Err(FsError::TooLarge { offset, len }),
+    }
+}
+
+fn check_buffer(mapping: &Mapping, buffer_offset: u64, len: u64) -> Result<(), FsError> {
+    let buffer_len = mapping.buffer_len();
+    if buffer_offset
+        .checked_add(len)
+        .is_none_or(|e| e > buffer_len)
+    {
+        return Err(Error::OutOfBuffer {
+            offset: buffer_offset,
+            len,
+            buffer_len,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// A part of a registered request: direct (block-aligned in the file and in the buffer) or
+/// bounced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Part {
+    offset: u64,
+    buffer_offset: u64,
+    len: u64,
+    direct: bool,
+}
+
+/// Splits a request into an unaligned head, a block-aligned middle and an unaligned tail.
+/// When file and buffer offsets are not congruent modulo the block, all of it is bounced.
+fn split(offset: u64, buffer_offset: u64, len: u64) -> Vec<Part> {
+    let end = offset + len;
+    let part = |from: u64, to: u64, direct| Part {
+        offset: from,
+        buffer_offset: buffer_offset + (from - offset),
+        len: to - from,
+        direct,
+    };
+    if offset % BLOCK_SIZE != buffer_offset % BLOCK_SIZE {
+        return vec![part(offset, end, false)];
+    }
+    let m0 = round_up(offset).min(end);
+    let m1 = round_down(end).max(m0);
+    [
+        part(offset, m0, false),
+        part(m0, m1, true),
+        part(m1, end, false),
+    ]
+    .into_iter()
+    .filter(|p| p.len > 0)
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_heads_and_tails() {
+        assert_eq!(
+            split(100, 100, 10000),
+            vec![
+                Part {
+                    offset: 100,
+                    buffer_offset: 100,
+                    len: 3996,
+                    direct: false
+                },
+                Part {
+                    offset: 4096,
+                    buffer_offset: 4096,
+                    len: 4096,
+                    direct: true
+                },
+                Part {
+                    offset: 8192,
+                    buffer_offset: 8192,
+                    len: 1908,
+                    direct: false
+                },
+            ]
+        );
+        assert_eq!(
+            split(0, 4096, 8192),
+            vec![Part {
+                offset: 0,
+                buffer_offset: 4096,
+                len: 8192,
+                direct: true
+            }]
+        );
+        assert_eq!(
+            split(1, 0, 10),
+            vec![Part {
+                offset: 1,
+                buffer_offset: 0,
+                len: 10,
+                direct: false
+            }]
+        );
+        assert_eq!(
+            split(10, 10, 5),
+            vec![Part {
+                offset: 10,
+                buffer_offset: 10,
+                len: 5,
+                direct: false
+            }]
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The metadata log and its checkpoints, kept on every metadata replica device.
+//!
+//! A replica's metadata area holds two checkpoint slots and a log. A checkpoint of generation
+//! `g` lives in slot `g % 2`; the log after it holds entries of generation `g` with sequence
+//! numbers 1, 2, 3… Mount takes the newest valid checkpoint and replays its log up to the first
+//! entry that is missing or torn; a commit that did not finish is simply not there.
+
+use stripefs_layout::ondisk::{self, CheckpointHeader, LOG_BLOCK, Record, Superblock};
+
+use super::bounce::{BouncePool, read_device, write_device};
+use super::error::FsError;
+use crate::device::DeviceQueue;
+
+/// Where the areas of one replica are.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MetaArea {
+    pub device: usize,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl MetaArea {
+    pub(crate) fn slot_len(&self) -> u64 {
+        (self.len / 4) / LOG_BLOCK as u64 * LOG_BLOCK as u64
+    }
+
+    fn slot_offset(&self, generation: u64) -> u64 {
+        self.offset + (generation % 2) * self.slot_len()
+    }
+
+    fn log_offset(&self) -> u64 {
+        self.offset + 2 * self.slot_len()
+    }
+
+    pub(crate) fn log_len(&self) -> u64 {
+        self.len - 2 * self.slot_len()
+    }
+}
+
+/// The replicas' metadata areas, from the superblocks.
+pub(crate) fn areas(superblocks: &[Superblock]) -> Vec<MetaArea> {
+    superblocks
+        .iter()
+        .enumerate()
+        .filter(|(_, sb)| sb.meta_len > 0)
+        .map(|(device, sb)| MetaArea {
+            device,
+            offset: sb.meta_offset,
+            len: sb.meta_len,
+        })
+        .collect()
+}
+
+/// The log's write position and the generation it belongs to.
+pub(crate) struct Journal {
+    areas: Vec<MetaArea>,
+    generation: u64,
+    next_seq: u64,
+    log_pos: u64,
+}
+
+/// What mount found: the checkpoint's records and the log's, in order.
+pub(crate) struct Loaded {
+    pub journal: Journal,
+    pub records: Vec<Record>,
+    pub log_entries: u64,
+}
+
+impl Journal {
+    /// A journal for a fresh filesystem whose first checkpoint has generation 1.
+    pub(crate) fn fresh(areas: Vec<MetaArea>) -> Self {
+        Journal {
+            areas,
+            generation: 0,
+            next_seq: 1,
+            log_pos: 0,
+        }
+    }
+
+    /// The current checkpoint generation.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Reads the newest checkpoint and its log from the replica that has the most of it.
+    pub(crate) fn load(
+        devices: &[DeviceQueue],
+        pool: &BouncePool,
+        areas: Vec<MetaArea>,
+    ) -> Result<Loaded, FsError> {
+        let mut candidates = Vec::new();
+        let mut problems = Vec::new();
+        for area in &areas {
+            for slot in 0..2u64 {
+                match read_header(devices, pool, area, area.offset + slot * area.slot_len()) {
+                    Ok(h) => candidates.push((h, *area)),
+                    Err(e) => {
+                        problems.push(format!("{} slot {slot}: {e}", devices[area.device].name()))
+                    }
+                }
+            }
+        }
+        let best = candidates
+            .iter()
+            .map(|(h, _)| h.generation)
+            .max()
+            .ok_or_else(|| FsError::Corrupt {
+                device: areas
+                    .first()
+                    .map_or_else(String::new, |a| devices[a.device].name().to_string()),
+                what: format!(
+                    "no valid metadata checkpoint on any replica ({})",
+                    problems.join("; ")
+                ),
+            })?;
+        let mut best_load: Option<Loaded> = None;
+        let mut errors = Vec::new();
+        for (header, area) in candidates.iter().filter(|(h, _)| h.generation == best) {
+            match load_replica(devices, pool, area, header) {
+                Ok((records, entries, log_pos)) => {
+                    if best_load.as_ref().is_none_or(|b| entries > b.log_entries) {
+                        best_load = Some(Loaded {
+                            journal: Journal {
+                                areas: areas.clone(),
+                                generation: best,
+                                next_seq: entries + 1,
+                                log_pos,
+                            },
+                            records,
+                            log_entries: entries,
+                        });
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        match best_load {
+            Some(l) => Ok(l),
+            None => Err(errors.into_iter().next().unwrap_or(FsError::Corrupt {
+                device: String::new(),
+                what: "no replica could be read".into(),
+            })),
+        }
+    }
+
+    /// Appends one entry with `records` to every replica's log, or — when the log is full —
+    /// writes a checkpoint of `snapshot()` instead (which includes them).
+    pub(crate) fn commit(
+        &mut self,
+        devices: &[DeviceQueue],
+        pool: &BouncePool,
+        records: &[Record],
+        snapshot: impl FnOnce() -> Vec<Record>,
+    ) -> Result<(), FsError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let entry = ondisk::encode_entry(self.generation, self.next_seq, records);
+        let log_len = self.areas.iter().map(MetaArea::log_len).min().unwrap_or(0);
+        if self.log_pos + entry.len() as u64 > log_len {
+            return self.checkpoint(devices, pool, &snapshot());
+        }
+        flush(devices, devices.iter().enumerate().map(|(i, _)| i))?;
+        for area in &self.areas {
+            write_device(
+                devices,
+                pool,
+                area.device,
+                area.log_offset() + self.log_pos,
+                &entry,
+            )?;
+        }
+        flush(devices, self.areas.iter().map(|a| a.device))?;
+        self.log_pos += entry.len() as u64;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Writes a checkpoint of generation+1 to every replica; the log starts over.
+    pub(crate) fn checkpoint(
+        &mut self,
+        devices: &[DeviceQueue],
+        pool: &BouncePool,
+        records: &[Record],
+    ) -> Result<(), FsError> {
+        let generation = self.generation + 1;
+        let image = ondisk::encode_checkpoint(generation, records);
+        let available = self.areas.iter().map(MetaArea::slot_len).min().unwrap_or(0);
+        if image.len() as u64 > available {
+            return Err(FsError::MetadataFull {
+                needed: image.len() as u64,
+                available,
+            });
+        }
+        flush(devices, devices.iter().enumerate().map(|(i, _)| i))?;
+        for area in &self.areas {
+            write_device(
+                devices,
+                pool,
+                area.device,
+                area.slot_offset(generation),
+                &image,
+            )?;
+        }
+        flush(devices, self.areas.iter().map(|a| a.device))?;
+        self.generation = generation;
+        self.next_seq = 1;
+        self.log_pos = 0;
+        Ok(())
+    }
+}
+
+fn flush(devices: &[DeviceQueue], which: impl Iterator<Item = usize>) -> Result<(), FsError> {
+    for i in which {
+        if let Some(d) = devices.get(i) {
+            d.sync()?;
+        }
+    }
+    Ok(())
+}
+
+fn read_header(
+    devices: &[DeviceQueue],
+    pool: &BouncePool,
+    area: &MetaArea,
+    offset: u64,
+) -> Result<CheckpointHeader, FsError> {
+    let mut block = vec![0u8; LOG_BLOCK];
+    read_device(devices, pool, area.device, offset, &mut block)?;
+    ondisk::decode_checkpoint_header(&block).map_err(|source| FsError::Superblock {
+        device: devices[area.device].name().to_string(),
+        source,
+    })
+}
+
+/// Reads one replica's checkpoint payload and valid log; returns the records, the number of
+/// log entries and the log's end.
+fn load_replica(
+    devices: &[DeviceQueue],
+    pool: &BouncePool,
+    area: &MetaArea,
+    header: &CheckpointHeader,
+) -> Result<(Vec<Record>, u64, u64), FsError> {
+    let device = devices[area.device].name().to_string();
+    let corrupt = |what: String| FsError::Corrupt {
+        device: device.clone(),
+        what,
+    };
+    let payload_len = header.payload_len.next_multiple_of(LOG_BLOCK as u64);
+    if payload_len + LOG_BLOCK as u64 > area.slot_len() {
+        return Err(corrupt(format!(
+            "checkpoint payload of {payload_len} bytes overruns its slot"
+        )));
+    }
+    let mut payload = vec![0u8; payload_len as usize];
+    read_device(
+        devices,
+        pool,
+        area.device,
+        area.slot_offset(header.generation) + LOG_BLOCK as u64,
+        &mut payload,
+    )?;
+    let mut records = ondisk::decode_checkpoint_payload(*header, &payload)
+        .map_err(|e| corrupt(format!("checkpoint {}: {e}", header.generation)))?;
+    let mut log = vec![0u8; area.log_len() as usize];
+    read_device(devices, pool, area.device, area.log_offset(), &mut log)?;
+    let (mut pos, mut seq) = (0usize, 1u64);
+    while pos < log.len() {
+        match ondisk::decode_entry(&log[pos..], header.generation, seq) {
+            Ok(Some((entry, used))) => {
+                records.extend(entry);
+                pos += used;
+                seq += 1;
+            }
+            Ok(None) => break,
+            Err(e) => return Err(corrupt(format!("log entry {seq} at {pos}: {e}"))),
+        }
+    }
+    Ok((records, seq - 1, pos as u64))
+}

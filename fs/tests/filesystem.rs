@@ -1,0 +1,391 @@
+//! The filesystem through its library API (no mount): namespace, data path, registered I/O
+//! against files, persistence across reopen, and refusal of wrong device sets.
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use stripefs_fs::filesystem::{
+    self, Caller, FileType, Filesystem, FsError, MkfsOptions, RenameFlags, SetAttr,
+};
+use stripefs_fs::{DeviceSpec, pattern};
+use stripefs_mapping::Buffer;
+
+const ROOT: u64 = 1;
+const ME: Caller = Caller { uid: 0, gid: 0 };
+
+struct Devices {
+    _dir: tempfile::TempDir,
+    specs: Vec<DeviceSpec>,
+    paths: Vec<PathBuf>,
+}
+
+fn devices(n: usize, size: u64) -> Devices {
+    let dir = tempfile::tempdir_in("/var/tmp").expect("scratch dir");
+    let paths: Vec<PathBuf> = (0..n)
+        .map(|i| dir.path().join(format!("d{i}.img")))
+        .collect();
+    for p in &paths {
+        std::fs::File::create(p)
+            .and_then(|f| f.set_len(size))
+            .expect("device file");
+    }
+    let specs = paths.iter().map(|p| DeviceSpec::Path(p.clone())).collect();
+    Devices {
+        _dir: dir,
+        specs,
+        paths,
+    }
+}
+
+fn name(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+fn mkfs(d: &Devices, unit: u64) {
+    filesystem::mkfs(
+        &d.specs,
+        &MkfsOptions {
+            stripe_unit: unit,
+            ..MkfsOptions::default()
+        },
+    )
+    .expect("mkfs");
+}
+
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    pattern::fill(seed, 0, &mut v);
+    v
+}
+
+#[test]
+fn files_survive_reopen_with_exact_contents() {
+    let d = devices(3, 64 << 20);
+    mkfs(&d, 64 << 10);
+    let sizes = [
+        0usize,
+        1,
+        4095,
+        4096,
+        4097,
+        65536 + 123,
+        3 << 20,
+        (5 << 20) + 777,
+    ];
+    {
+        let fs = Filesystem::open(&d.specs).expect("open");
+        let dir = fs.mkdir(ROOT, name("dir"), 0o755, ME).expect("mkdir");
+        for (i, &size) in sizes.iter().enumerate() {
+            let f = fs
+                .create(dir.ino, name(&format!("f{i}")), 0o644, ME)
+                .expect("create");
+            let bytes = data(i as u64, size);
+            // Write in odd-sized pieces to exercise read-modify-write.
+            let mut at = 0;
+            while at < size {
+                let n = (size - at).min(100_003);
+                fs.write(f.ino, at as u64, &bytes[at..at + n])
+                    .expect("write");
+                at += n;
+            }
+            assert_eq!(fs.getattr(f.ino).expect("getattr").size, size as u64);
+        }
+        fs.sync().expect("sync");
+        fs.shutdown().expect("shutdown");
+    }
+    let fs = Filesystem::open(&d.specs).expect("reopen");
+    let dir = fs.lookup(ROOT, name("dir")).expect("lookup dir");
+    assert_eq!(dir.kind, FileType::Dir);
+    for (i, &size) in sizes.iter().enumerate() {
+        let f = fs.lookup(dir.ino, name(&format!("f{i}"))).expect("lookup");
+        assert_eq!(f.size, size as u64);
+        let got = fs.read(f.ino, 0, (size + 10) as u32).expect("read");
+        assert!(
+            got == data(i as u64, size),
+            "file f{i} of {size} bytes differs after reopen"
+        );
+    }
+}
+
+#[test]
+fn unsynced_metadata_is_replayed_from_the_log_after_a_crash() {
+    let d = devices(2, 64 << 20);
+    mkfs(&d, 64 << 10);
+    {
+        let fs = Filesystem::open(&d.specs).expect("open");
+        let f = fs.create(ROOT, name("synced"), 0o644, ME).expect("create");
+        fs.write(f.ino, 0, &data(1, 200_000)).expect("write");
+        fs.fsync(f.ino).expect("fsync");
+        let g = fs.create(ROOT, name("later"), 0o644, ME).expect("create");
+        fs.write(g.ino, 0, &data(2, 5000)).expect("write");
+        fs.fsync(g.ino).expect("fsync");
+        // No shutdown: the process "crashes" (the Arc is dropped without a checkpoint).
+        std::mem::forget(fs);
+    }
+    let fs = Filesystem::open(&d.specs).expect("reopen");
+    let f = fs.lookup(ROOT, name("synced")).expect("synced file");
+    assert!(fs.read(f.ino, 0, 300_000).expect("read") == data(1, 200_000));
+    let g = fs.lookup(ROOT, name("later")).expect("later file");
+    assert!(fs.read(g.ino, 0, 300_000).expect("read") == data(2, 5000));
+}
+
+#[test]
+fn truncate_sparse_rename_unlink() {
+    let d = devices(4, 32 << 20);
+    mkfs(&d, 16 << 10);
+    let fs = Filesystem::open(&d.specs).expect("open");
+    let f = fs.create(ROOT, name("a"), 0o644, ME).expect("create");
+    fs.write(f.ino, 0, &data(3, 100_000)).expect("write");
+    fs.setattr(
+        f.ino,
+        &SetAttr {
+            size: Some(5000),
+            ..SetAttr::default()
+        },
+    )
+    .expect("truncate down");
+    fs.setattr(
+        f.ino,
+        &SetAttr {
+            size: Some(50_000),
+            ..SetAttr::default()
+        },
+    )
+    .expect("truncate up");
+    let got = fs.read(f.ino, 0, 60_000).expect("read");
+    assert_eq!(got.len(), 50_000);
+    assert!(got[..5000] == data(3, 5000)[..]);
+    assert!(
+        got[5000..].iter().all(|&b| b == 0),
+        "bytes after a truncate down and up must be zero"
+    );
+
+    // Sparse: a write far out leaves a hole of zeros.
+    let s = fs.create(ROOT, name("sparse"), 0o644, ME).expect("create");
+    fs.write(s.ino, 10 << 20, b"end").expect("write");
+    let attr = fs.getattr(s.ino).expect("getattr");
+    assert_eq!(attr.size, (10 << 20) + 3);
+    assert!(
+        attr.blocks * 512 < 1 << 20,
+        "a sparse file stores only what was written"
+    );
+    let hole = fs.read(s.ino, 5 << 20, 4096).expect("read hole");
+    assert!(hole.iter().all(|&b| b == 0));
+
+    // Rename over an existing file replaces it.
+    let b = fs.create(ROOT, name("b"), 0o644, ME).expect("create");
+    fs.write(b.ino, 0, b"bbb").expect("write");
+    fs.rename(ROOT, name("b"), ROOT, name("a"), RenameFlags::default())
+        .expect("rename");
+    let a = fs.lookup(ROOT, name("a")).expect("lookup");
+    assert_eq!(a.ino, b.ino);
+    assert!(matches!(fs.lookup(ROOT, name("b")), Err(FsError::NotFound)));
+    assert!(
+        matches!(fs.getattr(f.ino), Err(FsError::NotFound)),
+        "the replaced file is gone"
+    );
+
+    // Unlink of an open file: readable until released.
+    fs.open_file(a.ino).expect("open");
+    fs.unlink(ROOT, name("a")).expect("unlink");
+    assert_eq!(fs.read(a.ino, 0, 10).expect("read open unlinked"), b"bbb");
+    fs.release_file(a.ino).expect("release");
+    assert!(matches!(fs.getattr(a.ino), Err(FsError::NotFound)));
+
+    // Errors.
+    assert!(matches!(
+        fs.create(ROOT, name(&"x".repeat(256)), 0o644, ME),
+        Err(FsError::NameTooLong { .. })
+    ));
+    assert!(matches!(
+        fs.create(ROOT, name("sparse"), 0o644, ME),
+        Err(FsError::Exists)
+    ));
+    let dir = fs.mkdir(ROOT, name("d"), 0o755, ME).expect("mkdir");
+    fs.create(dir.ino, name("inner"), 0o644, ME)
+        .expect("create");
+    assert!(matches!(fs.rmdir(ROOT, name("d")), Err(FsError::NotEmpty)));
+    assert!(matches!(
+        fs.rename(
+            ROOT,
+            name("d"),
+            dir.ino,
+            name("self"),
+            RenameFlags::default()
+        ),
+        Err(FsError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn registered_io_against_a_file_uses_only_its_devices() {
+    let d = devices(4, 64 << 20);
+    mkfs(&d, 64 << 10);
+    let fs: Arc<Filesystem> = Filesystem::open(&d.specs).expect("open");
+    let f = fs
+        .create(ROOT, name("model.bin"), 0o644, ME)
+        .expect("create");
+    fs.setxattr(
+        f.ino,
+        name("user.stripefs.layout"),
+        b"stripe_unit=64K,stripe_count=2,devices=1:3",
+        Default::default(),
+    )
+    .expect("set layout");
+    let layout = fs
+        .getxattr(f.ino, name("user.stripefs.layout"))
+        .expect("get layout");
+    assert_eq!(layout, b"stripe_unit=65536,stripe_count=2,devices=1:3");
+
+    let len = (3 << 20) + 1000;
+    let buffer = Buffer::new(4 << 20).expect("buffer");
+    buffer.write_at(0, &data(9, len)).expect("fill");
+    let mapping = fs.register(f.ino, &buffer).expect("register");
+    assert_eq!(
+        mapping.device_count(),
+        2,
+        "one attachment per device of the file's layout"
+    );
+    let before: Vec<_> = fs.devices().iter().map(|d| d.stats()).collect();
+    assert_eq!(
+        fs.write_registered(&mapping, 0, 0, len as u64)
+            .expect("registered write"),
+        len as u64
+    );
+    let after: Vec<_> = fs.devices().iter().map(|d| d.stats()).collect();
+    for i in [0, 2] {
+        assert_eq!(
+            after[i].bytes_written, before[i].bytes_written,
+            "device {i} is not in the layout"
+        );
+    }
+    // Through the POSIX path.
+    assert!(fs.read(f.ino, 0, (4 << 20) as u32).expect("read") == data(9, len));
+    // Registered read into another buffer, at an unaligned file offset (bounced head/tail).
+    let other = Buffer::new(4 << 20).expect("buffer");
+    let m2 = fs.register(f.ino, &other).expect("register");
+    assert!(matches!(
+        fs.read_registered(&m2, 1000, 1000, 4 << 20),
+        Err(FsError::Device(stripefs_fs::Error::OutOfBuffer { .. }))
+    ));
+    let n = fs
+        .read_registered(&m2, 1000, 1000, 3 << 20)
+        .expect("registered read");
+    assert_eq!(n, 3 << 20);
+    let mut got = vec![0u8; 3 << 20];
+    other.read_at(1000, &mut got).expect("copy out");
+    assert!(got[..] == data(9, len)[1000..1000 + (3 << 20)]);
+    // Past the end of the file the read is short; holes in the buffer's range are untouched.
+    let n = fs
+        .read_registered(&m2, 3 << 20, 0, 1 << 20)
+        .expect("read at the end");
+    assert_eq!(n, 1000);
+    // Unregistering, or deleting the file, revokes the mapping.
+    fs.unregister(&m2).expect("unregister");
+    assert!(fs.read_registered(&m2, 0, 0, 4096).is_err());
+    fs.unlink(ROOT, name("model.bin")).expect("unlink");
+    assert!(
+        fs.read_registered(&mapping, 0, 0, 4096).is_err(),
+        "a deleted file's mapping is revoked"
+    );
+}
+
+fn open_error(specs: &[DeviceSpec]) -> String {
+    match Filesystem::open(specs) {
+        Ok(_) => panic!("opening {specs:?} should have failed"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn patch(path: &PathBuf, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open device file");
+    f.write_all_at(bytes, offset).expect("patch");
+}
+
+#[test]
+fn wrong_device_sets_are_refused_naming_the_device() {
+    let d = devices(3, 32 << 20);
+    mkfs(&d, 64 << 10);
+    let other = devices(1, 32 << 20);
+    mkfs(&other, 64 << 10);
+    let name_of = |i: usize| d.paths[i].display().to_string();
+
+    let e = open_error(&d.specs[..2]);
+    assert!(
+        e.contains("3 devices but 2 were given") && e.contains("#2"),
+        "{e}"
+    );
+    let e = open_error(&[d.specs[1].clone(), d.specs[0].clone(), d.specs[2].clone()]);
+    assert!(e.contains(&name_of(1)) && e.contains("given as #0"), "{e}");
+    let e = open_error(&[d.specs[0].clone(), d.specs[0].clone(), d.specs[2].clone()]);
+    assert!(e.contains(&name_of(0)), "{e}");
+    let e = open_error(&[
+        d.specs[0].clone(),
+        other.specs[0].clone(),
+        d.specs[2].clone(),
+    ]);
+    assert!(
+        e.contains(&other.paths[0].display().to_string()) && e.contains("another filesystem"),
+        "{e}"
+    );
+
+    patch(&d.paths[2], 64, &[0xff]);
+    let e = open_error(&d.specs);
+    assert!(
+        e.contains(&name_of(2)) && e.to_lowercase().contains("checksum"),
+        "{e}"
+    );
+    patch(&d.paths[2], 64, &[0]);
+    Filesystem::open(&d.specs)
+        .expect("repaired superblock opens again")
+        .shutdown()
+        .expect("shutdown");
+
+    patch(&d.paths[1], 8, &99u32.to_le_bytes());
+    let e = open_error(&d.specs);
+    assert!(e.contains(&name_of(1)) && e.contains("99"), "{e}");
+
+    patch(&d.paths[0], 0, b"NOTSTRIP");
+    let e = open_error(&d.specs);
+    assert!(e.contains(&name_of(0)), "{e}");
+}
+
+#[test]
+fn a_full_filesystem_says_enospc_and_loses_nothing() {
+    let d = devices(2, 12 << 20);
+    mkfs(&d, 64 << 10);
+    let fs = Filesystem::open(&d.specs).expect("open");
+    let keep = fs.create(ROOT, name("keep"), 0o644, ME).expect("create");
+    fs.write(keep.ino, 0, &data(5, 100_000)).expect("write");
+    let big = fs.create(ROOT, name("big"), 0o644, ME).expect("create");
+    let chunk = data(6, 1 << 20);
+    let mut offset = 0u64;
+    let err = loop {
+        match fs.write(big.ino, offset, &chunk) {
+            Ok(_) => offset += 1 << 20,
+            Err(e) => break e,
+        }
+        assert!(offset < 64 << 20, "never ran out of space");
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    assert_eq!(
+        fs.getattr(big.ino).expect("getattr").size,
+        offset,
+        "a failed write does not grow the file"
+    );
+    fs.shutdown().expect("shutdown");
+    drop(fs);
+    let fs = Filesystem::open(&d.specs).expect("reopen");
+    let keep = fs.lookup(ROOT, name("keep")).expect("lookup");
+    assert!(fs.read(keep.ino, 0, 200_000).expect("read") == data(5, 100_000));
+    let big = fs.lookup(ROOT, name("big")).expect("lookup");
+    let got = fs.read(big.ino, 0, offset as u32).expect("read");
+    for (i, c) in got.chunks(1 << 20).enumerate() {
+        assert!(c == &chunk[..c.len()], "chunk {i} of the full file differs");
+    }
+}
