@@ -5,8 +5,8 @@
 //! [`MapGuard`] on the state it started with; invalidation swaps the state out, then waits
 //! until no guard on the old state is left (the fence) before the old attachments detach.
 
-use std::sync::{Arc, OnceLock, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::{Condvar, Mutex};
@@ -255,7 +255,12 @@ impl MappingShared {
 
     /// Waits for every state still draining.
     fn drain_retired(&self) {
-        let retired: Vec<Arc<MapState>> = self.retired.lock().iter().filter_map(Weak::upgrade).collect();
+        let retired: Vec<Arc<MapState>> = self
+            .retired
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
         for state in retired {
             state.drain();
         }
