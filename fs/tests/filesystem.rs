@@ -389,3 +389,84 @@ fn a_full_filesystem_says_enospc_and_loses_nothing() {
         assert!(c == &chunk[..c.len()], "chunk {i} of the full file differs");
     }
 }
+
+/// Appends a log entry with `records` to every metadata replica, as if the filesystem had
+/// written it: fsck and mount must then judge the damage.
+fn append_log_entry(d: &Devices, records: &[stripefs_layout::ondisk::Record]) {
+    use std::os::unix::fs::FileExt;
+    use stripefs_layout::ondisk::{Superblock, decode_checkpoint_header, encode_entry};
+    for path in &d.paths {
+        let f = std::fs::File::open(path).expect("device file");
+        let mut block = vec![0u8; 4096];
+        f.read_exact_at(&mut block, 0).expect("superblock");
+        let sb = Superblock::decode(&block).expect("superblock decodes");
+        if sb.meta_len == 0 {
+            continue;
+        }
+        let slot = sb.meta_len / 4 / 4096 * 4096;
+        let generation = (0..2)
+            .filter_map(|i| {
+                f.read_exact_at(&mut block, sb.meta_offset + i * slot)
+                    .ok()?;
+                decode_checkpoint_header(&block).ok().map(|h| h.generation)
+            })
+            .max()
+            .expect("a checkpoint");
+        patch(
+            path,
+            sb.meta_offset + 2 * slot,
+            &encode_entry(generation, 1, records),
+        );
+    }
+}
+
+#[test]
+fn fsck_is_clean_after_use_and_names_damage() {
+    use stripefs_layout::ondisk::Record;
+    let d = devices(3, 32 << 20);
+    mkfs(&d, 64 << 10);
+    let ino = {
+        let fs = Filesystem::open(&d.specs).expect("open");
+        let f = fs.create(ROOT, name("f"), 0o644, ME).expect("create");
+        fs.write(f.ino, 0, &data(7, 300_000)).expect("write");
+        fs.mkdir(ROOT, name("d"), 0o755, ME).expect("mkdir");
+        fs.shutdown().expect("shutdown");
+        f.ino
+    };
+    let devices = filesystem::open_devices(&d.specs).expect("devices");
+    let report = filesystem::fsck(&devices).expect("fsck runs");
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!((report.files, report.directories), (1, 2));
+    assert_eq!(report.bytes_stored, 300_000u64.div_ceil(4096) * 4096);
+    drop(devices);
+
+    append_log_entry(
+        &d,
+        &[
+            Record::Extent {
+                ino,
+                column: 0,
+                object_offset: 1 << 30,
+                device_offset: 0,
+                len: 4096,
+            },
+            Record::Link {
+                parent: ROOT,
+                name: b"ghost".to_vec(),
+                ino: 999_999,
+            },
+        ],
+    );
+    let devices = filesystem::open_devices(&d.specs).expect("devices");
+    let report = filesystem::fsck(&devices).expect("fsck runs");
+    let all = report.problems.join("\n");
+    assert!(all.contains("outside its data area"), "{all}");
+    assert!(all.contains("999999"), "{all}");
+    assert!(
+        all.contains(&format!("file {ino}")),
+        "extent beyond the size: {all}"
+    );
+    drop(devices);
+    let e = open_error(&d.specs);
+    assert!(e.contains("damaged") || e.contains("inconsistent"), "{e}");
+}

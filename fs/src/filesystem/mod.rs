@@ -10,6 +10,7 @@ mod bounce;
 mod data;
 mod error;
 mod format;
+mod fsck;
 mod journal;
 mod xattr;
 
@@ -36,6 +37,7 @@ use crate::spec::DeviceSpec;
 
 pub use error::FsError;
 pub use format::{BLOCK_SIZE, MkfsOptions, hex};
+pub use fsck::{FsckReport, fsck};
 
 use bounce::BouncePool;
 use journal::Journal;

@@ -1,0 +1,212 @@
+//! `fsck`: reads superblocks and metadata without changing anything, and reports every
+//! inconsistency it finds.
+
+use std::collections::{HashMap, HashSet};
+
+use stripefs_layout::ondisk::{InodeKind, Record};
+
+use super::bounce::BouncePool;
+use super::error::FsError;
+use super::format::{self, BLOCK_SIZE, stripe_layout};
+use super::journal::{self, Journal};
+use crate::device::DeviceQueue;
+use crate::meta::alloc::Allocator;
+use crate::meta::{self, Metadata, ROOT};
+
+/// What fsck found.
+#[derive(Clone, Debug, Default)]
+pub struct FsckReport {
+    /// Every inconsistency, one line each. Empty means clean.
+    pub problems: Vec<String>,
+    /// Unlinked inodes left by a crash while open: not damage; mount frees them.
+    pub orphans: usize,
+    pub files: usize,
+    pub directories: usize,
+    pub symlinks: usize,
+    pub bytes_stored: u64,
+    pub checkpoint_generation: u64,
+    pub log_entries: u64,
+}
+
+impl FsckReport {
+    /// Whether no problem was found.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks the filesystem on `devices` (in mkfs order). Errors that prevent reading the
+/// metadata at all (bad superblocks, wrong device set, no valid checkpoint) are returned as
+/// `Err`; everything else is collected in the report.
+pub fn fsck(devices: &[DeviceQueue]) -> Result<FsckReport, FsError> {
+    let pool = BouncePool::new(u64::MAX - 1, devices);
+    let superblocks = format::check_device_set(devices, &pool)?;
+    let loaded = Journal::load(devices, &pool, journal::areas(&superblocks))?;
+    let mut report = FsckReport {
+        checkpoint_generation: loaded.journal.generation(),
+        log_entries: loaded.log_entries,
+        ..FsckReport::default()
+    };
+    let mut metadata = Metadata::default();
+    for (i, r) in loaded.records.iter().enumerate() {
+        if let Err(e) = metadata.apply(r) {
+            report
+                .problems
+                .push(format!("metadata record {i} ({}): {e}", describe(r)));
+        }
+    }
+    check_tree(&metadata, &mut report);
+    check_layouts_and_sizes(&metadata, superblocks.len(), &mut report);
+    check_space(&metadata, &superblocks, devices, &mut report);
+    count(&metadata, &mut report);
+    Ok(report)
+}
+
+fn describe(r: &Record) -> &'static str {
+    match r {
+        Record::Inode(_) => "inode",
+        Record::FreeInode { .. } => "free inode",
+        Record::Link { .. } => "link",
+        Record::Unlink { .. } => "unlink",
+        Record::Extent { .. } => "extent",
+        Record::TruncateExtents { .. } => "truncate",
+        Record::SetXattr { .. } => "set xattr",
+        Record::RemoveXattr { .. } => "remove xattr",
+    }
+}
+
+fn check_tree(meta: &Metadata, report: &mut FsckReport) {
+    match meta.get(ROOT) {
+        Some(root) if root.is_dir() => {}
+        _ => report.problems.push("the root directory is missing".into()),
+    }
+    let mut parents: HashMap<u64, usize> = HashMap::new();
+    for dir in meta.iter().filter(|i| i.is_dir()) {
+        for (name, &child) in &dir.entries {
+            match meta.get(child) {
+                None => report.problems.push(format!(
+                    "directory {} entry {:?} points to missing inode {child}",
+                    dir.record.ino,
+                    String::from_utf8_lossy(name)
+                )),
+                Some(c) if c.is_dir() => *parents.entry(child).or_default() += 1,
+                Some(_) => {}
+            }
+        }
+    }
+    for (&dir, &n) in &parents {
+        if n > 1 {
+            report
+                .problems
+                .push(format!("directory {dir} has {n} parents"));
+        }
+    }
+    // Every directory reachable from the root (no cycles, no detached subtrees).
+    let mut seen = HashSet::from([ROOT]);
+    let mut stack = vec![ROOT];
+    while let Some(ino) = stack.pop() {
+        if let Some(dir) = meta.get(ino) {
+            for &child in dir.entries.values() {
+                if meta.get(child).is_some_and(meta::Inode::is_dir) && seen.insert(child) {
+                    stack.push(child);
+                }
+            }
+        }
+    }
+    for dir in meta
+        .iter()
+        .filter(|i| i.is_dir() && i.nlink > 0 && !seen.contains(&i.record.ino))
+    {
+        report.problems.push(format!(
+            "directory {} is not reachable from the root",
+            dir.record.ino
+        ));
+    }
+    report.orphans = meta.orphans().len();
+}
+
+fn check_layouts_and_sizes(meta: &Metadata, device_count: usize, report: &mut FsckReport) {
+    for inode in meta.iter() {
+        let ino = inode.record.ino;
+        let Some(record) = &inode.record.layout else {
+            if inode.record.kind == InodeKind::File {
+                report.problems.push(format!("file {ino} has no layout"));
+            }
+            continue;
+        };
+        if let Some(&d) = record
+            .devices
+            .iter()
+            .find(|&&d| usize::from(d) >= device_count)
+        {
+            report.problems.push(format!(
+                "inode {ino} layout names device {d}, the filesystem has {device_count}"
+            ));
+            continue;
+        }
+        let layout = match stripe_layout(record) {
+            Ok(l) => l,
+            Err(e) => {
+                report.problems.push(format!("inode {ino}: {e}"));
+                continue;
+            }
+        };
+        for (column, map) in inode.extents.iter().enumerate() {
+            let limit = layout
+                .column_extent(inode.record.size, column)
+                .div_ceil(BLOCK_SIZE)
+                * BLOCK_SIZE;
+            if map.end() > limit {
+                report.problems.push(format!(
+                    "file {ino} (size {}) stores column {column} up to {}, beyond {limit}",
+                    inode.record.size,
+                    map.end()
+                ));
+            }
+        }
+    }
+}
+
+fn check_space(
+    meta: &Metadata,
+    superblocks: &[stripefs_layout::ondisk::Superblock],
+    devices: &[DeviceQueue],
+    report: &mut FsckReport,
+) {
+    let areas: Vec<(u64, u64)> = superblocks
+        .iter()
+        .map(|sb| (sb.data_offset, sb.data_len))
+        .collect();
+    let mut alloc = Allocator::new(&areas);
+    for inode in meta.iter() {
+        for (device, start, len) in meta::freed_all(inode) {
+            report.bytes_stored += len;
+            let d = usize::from(device);
+            let name = devices
+                .get(d)
+                .map_or_else(|| format!("#{d}"), |q| q.name().to_string());
+            let (area_start, area_len) = areas.get(d).copied().unwrap_or((0, 0));
+            if start < area_start || start + len > area_start + area_len {
+                report.problems.push(format!(
+                    "inode {}: extent {start}+{len} on {name} is outside its data area {area_start}+{area_len}",
+                    inode.record.ino
+                ));
+            } else if alloc.reserve(d, start, len).is_err() {
+                report.problems.push(format!(
+                    "inode {}: extent {start}+{len} on {name} overlaps space owned by another extent",
+                    inode.record.ino
+                ));
+            }
+        }
+    }
+}
+
+fn count(meta: &Metadata, report: &mut FsckReport) {
+    for inode in meta.iter() {
+        match inode.record.kind {
+            InodeKind::File => report.files += 1,
+            InodeKind::Dir => report.directories += 1,
+            InodeKind::Symlink => report.symlinks += 1,
+        }
+    }
+}
