@@ -470,3 +470,40 @@ fn fsck_is_clean_after_use_and_names_damage() {
     let e = open_error(&d.specs);
     assert!(e.contains("damaged") || e.contains("inconsistent"), "{e}");
 }
+
+#[test]
+fn concurrent_writers_and_readers_on_different_files() {
+    let d = devices(4, 64 << 20);
+    mkfs(&d, 32 << 10);
+    let fs = Filesystem::open(&d.specs).expect("open");
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let fs = fs.clone();
+            std::thread::spawn(move || {
+                let f = fs
+                    .create(ROOT, name(&format!("t{t}")), 0o644, ME)
+                    .expect("create");
+                let bytes = data(100 + t, (2 << 20) + 12_345 * t as usize);
+                for (i, chunk) in bytes.chunks(77_777).enumerate() {
+                    fs.write(f.ino, (i * 77_777) as u64, chunk).expect("write");
+                    let back = fs
+                        .read(f.ino, (i * 77_777) as u64, chunk.len() as u32)
+                        .expect("read");
+                    assert!(back == chunk, "thread {t} chunk {i} reads back wrong");
+                }
+                (f.ino, bytes)
+            })
+        })
+        .collect();
+    for handle in threads {
+        let (ino, bytes) = handle.join().expect("thread");
+        assert!(fs.read(ino, 0, 4 << 20).expect("read") == bytes);
+    }
+    let devices_before = fs.devices().len();
+    fs.shutdown().expect("shutdown");
+    drop(fs);
+    let devices = filesystem::open_devices(&d.specs).expect("devices");
+    assert_eq!(devices.len(), devices_before);
+    let report = filesystem::fsck(&devices).expect("fsck");
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
