@@ -6,12 +6,13 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use stripefs_mapping::{MapGuard, Mapping};
 
-use crate::device::{DeviceQueue, Piece};
+use crate::device::notify::{self, EventFd};
+use crate::device::{DeviceQueue, DeviceShared, Piece};
 use crate::error::{Error, Op};
 use crate::volume::Volume;
 
@@ -32,6 +33,7 @@ pub(crate) struct FanOut<'a> {
     op: Op,
     guard: &'a MapGuard,
     slot: &'a Arc<RequestSlot>,
+    touched: &'a mut Vec<Arc<DeviceShared>>,
 }
 
 impl FanOut<'_> {
@@ -45,6 +47,9 @@ impl FanOut<'_> {
         let mut pieces = pieces.peekable();
         if pieces.peek().is_none() {
             return;
+        }
+        if !self.touched.iter().any(|d| Arc::ptr_eq(d, device.shared())) {
+            self.touched.push(device.shared().clone());
         }
         match self.guard.attachment(attachment) {
             Some(att) => device.submit(self.op, pieces, att, self.slot),
@@ -80,7 +85,9 @@ pub struct Completion {
 
 struct ContextShared {
     done: Mutex<Vec<u32>>,
-    ready: Condvar,
+    /// Set while the context's owner is blocked; a finisher then rings `wake`.
+    waiting: AtomicBool,
+    wake: EventFd,
 }
 
 /// A request in flight, shared between the submitter and the device reapers.
@@ -129,7 +136,9 @@ impl RequestSlot {
             // Unpin the mapping first: a migration waiting for this request may go on.
             drop(self.guard.lock().take());
             self.ctx.done.lock().push(self.index);
-            self.ctx.ready.notify_one();
+            if self.ctx.waiting.load(Ordering::SeqCst) {
+                self.ctx.wake.signal();
+            }
         }
     }
 
@@ -152,15 +161,31 @@ pub struct IoContext {
     free: Vec<u32>,
     shared: Arc<ContextShared>,
     ready: Vec<u32>,
+    /// Devices this context has sent commands to: the rings its waits drain.
+    touched: Vec<Arc<DeviceShared>>,
+    pollfds: Vec<libc::pollfd>,
 }
 
 impl IoContext {
     /// A context with room for `depth` requests in flight (at least 1).
+    ///
+    /// # Panics
+    /// If the process is out of file descriptors (an eventfd is needed); use
+    /// [`IoContext::try_new`] to get an error instead.
     pub fn new(depth: usize) -> Self {
+        match Self::try_new(depth) {
+            Ok(ctx) => ctx,
+            Err(e) => panic!("cannot create an I/O context: {e}"),
+        }
+    }
+
+    /// A context with room for `depth` requests in flight (at least 1).
+    pub fn try_new(depth: usize) -> Result<Self, std::io::Error> {
         let depth = depth.clamp(1, u32::MAX as usize);
         let shared = Arc::new(ContextShared {
             done: Mutex::new(Vec::with_capacity(depth)),
-            ready: Condvar::new(),
+            waiting: AtomicBool::new(false),
+            wake: EventFd::new()?,
         });
         let slots = (0..depth as u32)
             .map(|index| {
@@ -175,12 +200,14 @@ impl IoContext {
                 })
             })
             .collect();
-        IoContext {
+        Ok(IoContext {
             slots,
             free: (0..depth as u32).rev().collect(),
             shared,
             ready: Vec::with_capacity(depth),
-        }
+            touched: Vec::new(),
+            pollfds: Vec::new(),
+        })
     }
 
     /// Requests in flight at most.
@@ -233,6 +260,7 @@ impl IoContext {
             op,
             guard: &guard,
             slot,
+            touched: &mut self.touched,
         });
         // The submitter's reference keeps the request open until here, so the guard is in
         // place before the last device command can finish and release it.
@@ -282,14 +310,74 @@ impl IoContext {
     }
 
     /// Moves finished slot indices into `ready`, waiting until there are at least `min`.
+    /// While waiting, this thread drains the rings of the devices it used itself: io_uring
+    /// posts a command's completion from its submitter's task work, so the submitter is
+    /// where the completion is cheapest to handle.
     fn fetch(&mut self, min: usize) {
-        let mut done = self.shared.done.lock();
-        while done.len() + self.ready.len() < min {
-            self.shared.ready.wait(&mut done);
+        loop {
+            self.take_done();
+            if self.ready.len() >= min {
+                return;
+            }
+            let drained: usize = self.touched.iter().map(|d| d.drain()).sum();
+            if drained > 0 {
+                continue;
+            }
+            for d in &self.touched {
+                d.kick_deferred();
+            }
+            if min == 0 {
+                return;
+            }
+            self.block();
         }
+    }
+
+    fn take_done(&mut self) {
+        let mut done = self.shared.done.lock();
         self.ready.extend(done.drain(..));
     }
+
+    /// Sleeps until a touched ring posts a completion, another thread finishes one of our
+    /// requests, or a held completion falls due.
+    fn block(&mut self) {
+        self.shared.waiting.store(true, Ordering::SeqCst);
+        if !self.shared.done.lock().is_empty() {
+            self.shared.waiting.store(false, Ordering::SeqCst);
+            return;
+        }
+        self.pollfds.clear();
+        self.pollfds.push(notify::readable(self.shared.wake.raw()));
+        let mut due: Option<std::time::Instant> = None;
+        for d in &self.touched {
+            d.waiters.fetch_add(1, Ordering::AcqRel);
+            self.pollfds.push(notify::readable(d.efd_raw()));
+            due = match (due, d.next_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let timeout = due
+            .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or(WAIT_TICK)
+            .min(WAIT_TICK);
+        notify::wait_any(&mut self.pollfds, Some(timeout));
+        for (d, fd) in self.touched.iter().zip(&self.pollfds[1..]) {
+            d.waiters.fetch_sub(1, Ordering::AcqRel);
+            if fd.revents != 0 {
+                // Cleared before the drain that follows, so nothing posted after it is missed.
+                d.clear_efd();
+            }
+        }
+        self.shared.waiting.store(false, Ordering::SeqCst);
+        if self.pollfds[0].revents != 0 {
+            self.shared.wake.clear();
+        }
+    }
 }
+
+/// Longest a waiter sleeps before looking again (a safety net: wake-ups are by eventfd).
+const WAIT_TICK: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Drop for IoContext {
     /// Waits for requests still in flight: their buffers are pinned until they finish.
@@ -324,10 +412,21 @@ pub(crate) fn run_plan(
 ) -> Result<u64, Error> {
     BLOCKING.with(|cell| match cell.try_borrow_mut() {
         Ok(mut cell) => {
-            let ctx = cell.get_or_insert_with(|| IoContext::new(1));
-            run_on(ctx, mapping, op, len, plan)
+            if cell.is_none() {
+                *cell = Some(IoContext::try_new(1).map_err(no_context)?);
+            }
+            match cell.as_mut() {
+                Some(ctx) => run_on(ctx, mapping, op, len, plan),
+                None => Err(no_context(std::io::Error::from_raw_os_error(libc::EMFILE))),
+            }
         }
-        Err(_) => run_on(&mut IoContext::new(1), mapping, op, len, plan),
+        Err(_) => run_on(
+            &mut IoContext::try_new(1).map_err(no_context)?,
+            mapping,
+            op,
+            len,
+            plan,
+        ),
     })
 }
 
@@ -342,5 +441,13 @@ fn run_on(
     match ctx.wait_one() {
         Some(c) => c.result,
         None => Err(Error::ContextFull { depth: 1 }),
+    }
+}
+
+fn no_context(source: std::io::Error) -> Error {
+    Error::Ring {
+        device: String::from("(I/O context)"),
+        what: "eventfd for the I/O context",
+        source,
     }
 }

@@ -6,13 +6,14 @@
 //! under a per-device lock and reaped by one thread per device, which completes requests.
 
 mod emulation;
+pub(crate) mod notify;
 mod probe;
 mod reaper;
 mod ring;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -108,6 +109,15 @@ pub(crate) struct DeviceShared {
     faults: Faults,
     counters: Counters,
     closed: AtomicBool,
+    /// Completion side: drained by waiters and by the reaper, one at a time.
+    cq: Mutex<reaper::CqState>,
+    /// Registered with the ring: readable whenever a completion is posted.
+    efd: notify::EventFd,
+    /// Threads currently waiting for (and draining) this device's completions.
+    pub(crate) waiters: AtomicU32,
+    /// Entries are queued in the ring but not yet submitted (a busy device submits them at
+    /// its next drain, many at once).
+    deferred: AtomicBool,
 }
 
 /// A device with its own io_uring queue. Dropping it waits for its in-flight commands.
@@ -200,6 +210,11 @@ impl DeviceQueue {
         ring.submitter()
             .register_buffers_sparse(u32::from(FIXED_SLOTS))
             .map_err(|e| ring_error("register_buffers_sparse", e))?;
+        let efd = notify::EventFd::new().map_err(|e| ring_error("eventfd", e))?;
+        ring.submitter()
+            .register_eventfd(efd.raw())
+            .map_err(|e| ring_error("register_eventfd", e))?;
+        let cq_entries = ring.params().cq_entries() as usize;
         let shared = Arc::new(DeviceShared {
             name: config.name,
             path: config.path,
@@ -222,6 +237,10 @@ impl DeviceQueue {
             faults: config.faults,
             counters: Counters::default(),
             closed: AtomicBool::new(false),
+            cq: Mutex::new(reaper::CqState::new(cq_entries, config.depth as usize)),
+            efd,
+            waiters: AtomicU32::new(0),
+            deferred: AtomicBool::new(false),
         });
         let reaper_shared = shared.clone();
         let reaper = std::thread::Builder::new()
@@ -289,6 +308,11 @@ impl DeviceQueue {
             bytes_written: c.bytes_written.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
         }
+    }
+
+    /// The queue's shared state (for the engine's waiters).
+    pub(crate) fn shared(&self) -> &Arc<DeviceShared> {
+        &self.shared
     }
 
     /// This device as an importer of buffers.
@@ -425,6 +449,8 @@ impl DeviceShared {
                 device: self.name.clone(),
             });
         }
+        // An idle device starts at once; a busy one submits at its next completion, in a batch.
+        let busy = state.free.len() < self.depth as usize;
         let mut queued = 0usize;
         for piece in pieces {
             let mut done = 0;
@@ -452,6 +478,17 @@ impl DeviceShared {
         }
         drop(state);
         if queued > 0 {
+            if busy {
+                self.deferred.store(true, Ordering::Release);
+            } else {
+                self.kick();
+            }
+        }
+    }
+
+    /// Submits entries whose submission was deferred.
+    pub(crate) fn kick_deferred(&self) {
+        if self.deferred.load(Ordering::Acquire) && self.deferred.swap(false, Ordering::AcqRel) {
             self.kick();
         }
     }
@@ -546,9 +583,7 @@ impl DeviceShared {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        // SAFETY: we hold the submission lock; a NOP lends no memory.
-        unsafe { ring::push(&self.ring, &ring::Entry::Nop, ring::WAKE) };
-        let _ = ring::submit(&self.ring);
+        self.efd.signal();
     }
 
     fn io_error(&self, op: Op, offset: u64, len: u64, source: std::io::Error) -> Error {
@@ -559,6 +594,18 @@ impl DeviceShared {
             len,
             source,
         }
+    }
+}
+
+impl DeviceShared {
+    /// The eventfd the ring rings on every completion.
+    pub(crate) fn efd_raw(&self) -> std::os::fd::RawFd {
+        self.efd.raw()
+    }
+
+    /// Resets the completion eventfd.
+    pub(crate) fn clear_efd(&self) {
+        self.efd.clear();
     }
 }
 

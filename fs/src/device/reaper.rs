@@ -1,125 +1,168 @@
-//! The reaper: one thread per device that waits on the ring, holds back completions the
-//! timing model says are not due yet, and completes requests.
+//! Completing commands. Whoever waits for a request drains the rings it used (so a command's
+//! completion is handled by the thread that submitted it, where io_uring runs its task work);
+//! one reaper thread per device drains when nobody waits, so every command completes even
+//! when its submitter is busy elsewhere.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{DeviceShared, InFlight, ring};
+use super::{DeviceShared, InFlight, notify, ring};
 use crate::error::{Error, Op};
 
-pub(super) fn run(dev: &DeviceShared) {
-    let depth = dev.depth as usize;
-    let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(dev.ring.params().cq_entries() as usize);
-    let mut held: BinaryHeap<Reverse<(Instant, u32, i32)>> = BinaryHeap::with_capacity(depth);
-    let mut freed: Vec<u32> = Vec::with_capacity(depth);
-    loop {
-        let timeout = held
-            .peek()
-            .map(|Reverse((due, _, _))| due.saturating_duration_since(Instant::now()));
-        if let Err(e) = ring::wait(&dev.ring, timeout) {
-            // Nothing sensible to do but retry; a ring that cannot wait is broken for good,
-            // so back off instead of spinning.
-            eprintln!("stripefs: device {}: waiting on ring failed: {e}", dev.name);
-            std::thread::sleep(std::time::Duration::from_millis(10));
+/// How often the reaper looks while waiters drain for it.
+const STANDBY_TICK: Duration = Duration::from_millis(1);
+
+/// Completion-side state of a device, owned by whoever drains.
+pub(super) struct CqState {
+    cqes: Vec<(u64, i32)>,
+    /// Completions the timing model says are not due yet: (due, in-flight slot, result).
+    held: BinaryHeap<Reverse<(Instant, u32, i32)>>,
+    freed: Vec<u32>,
+}
+
+impl CqState {
+    pub(super) fn new(cq_entries: usize, depth: usize) -> Self {
+        CqState {
+            cqes: Vec::with_capacity(cq_entries),
+            held: BinaryHeap::with_capacity(depth),
+            freed: Vec::with_capacity(depth),
         }
-        cqes.clear();
-        // SAFETY: this thread is the device's only completion reader.
-        unsafe { ring::reap(&dev.ring, &mut cqes) };
+    }
+}
+
+impl DeviceShared {
+    /// Completes every command the ring has finished (and held ones now due); returns how
+    /// many completed. Returns 0 at once if another thread is draining.
+    pub(crate) fn drain(&self) -> usize {
+        let Some(mut guard) = self.cq.try_lock() else {
+            return 0;
+        };
+        let cq = &mut *guard;
+        cq.cqes.clear();
+        // SAFETY: the cq lock makes this thread the device's only completion reader.
+        unsafe { ring::reap(&self.ring, &mut cq.cqes) };
         let now = Instant::now();
-        for &(user_data, result) in &cqes {
-            if user_data == ring::WAKE {
-                continue;
-            }
+        let mut completed = 0;
+        for i in 0..cq.cqes.len() {
+            let (user_data, result) = cq.cqes[i];
             let Ok(id) = u32::try_from(user_data) else {
-                continue;
+                continue; // the shutdown NOP
             };
-            let due = dev
+            let due = self
                 .inflight
                 .get(id as usize)
                 .and_then(|slot| slot.lock().as_ref().and_then(|f| f.deadline));
             match due {
-                Some(due) if due > now => held.push(Reverse((due, id, result))),
-                _ => complete(dev, id, result, &mut freed),
+                Some(due) if due > now => cq.held.push(Reverse((due, id, result))),
+                _ => completed += self.complete(id, result, &mut cq.freed),
             }
         }
-        while let Some(Reverse((due, id, result))) = held.peek().copied() {
-            if due > Instant::now() {
+        while let Some(Reverse((due, id, result))) = cq.held.peek().copied() {
+            if due > now {
                 break;
             }
-            held.pop();
-            complete(dev, id, result, &mut freed);
+            cq.held.pop();
+            completed += self.complete(id, result, &mut cq.freed);
         }
-        if !freed.is_empty() {
-            let mut state = dev.submit.lock();
-            state.free.append(&mut freed);
-            let idle = state.free.len() == depth;
-            drop(state);
-            dev.space.notify_all();
-            if idle && dev.closed.load(Ordering::Acquire) {
-                return;
-            }
-        } else if dev.closed.load(Ordering::Acquire)
-            && held.is_empty()
-            && dev.submit.lock().free.len() == depth
-        {
+        if !cq.freed.is_empty() {
+            self.submit.lock().free.append(&mut cq.freed);
+            self.space.notify_all();
+        }
+        drop(guard);
+        self.kick_deferred();
+        completed
+    }
+
+    /// When the next held completion is due (if the drain state is free to look at).
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        let cq = self.cq.try_lock()?;
+        cq.held.peek().map(|Reverse((due, _, _))| *due)
+    }
+
+    fn idle(&self) -> bool {
+        self.submit.lock().free.len() == self.depth as usize && self.cq.lock().held.is_empty()
+    }
+
+    fn complete(&self, id: u32, result: i32, freed: &mut Vec<u32>) -> usize {
+        let Some(cmd) = self
+            .inflight
+            .get(id as usize)
+            .and_then(|slot| slot.lock().take())
+        else {
+            return 0;
+        };
+        freed.push(id);
+        let outcome = self.outcome(&cmd, result);
+        self.count(&cmd, outcome.is_ok());
+        cmd.request.complete_part(outcome);
+        1
+    }
+
+    fn outcome(&self, cmd: &InFlight, result: i32) -> Result<u64, Error> {
+        let errno = cmd.injected.or((result < 0).then_some(-result));
+        if let Some(errno) = errno {
+            return Err(self.io_error(
+                cmd.op,
+                cmd.offset,
+                cmd.len,
+                std::io::Error::from_raw_os_error(errno),
+            ));
+        }
+        let done = result as u64;
+        if done != cmd.len {
+            return Err(Error::ShortTransfer {
+                device: self.name.clone(),
+                op: cmd.op,
+                offset: cmd.offset,
+                expected: cmd.len,
+                done,
+            });
+        }
+        Ok(done)
+    }
+
+    fn count(&self, cmd: &InFlight, ok: bool) {
+        let c = &self.counters;
+        if !ok {
+            c.errors.fetch_add(1, Ordering::Relaxed);
             return;
         }
-    }
-}
-
-fn complete(dev: &DeviceShared, id: u32, result: i32, freed: &mut Vec<u32>) {
-    let Some(cmd) = dev
-        .inflight
-        .get(id as usize)
-        .and_then(|slot| slot.lock().take())
-    else {
-        return;
-    };
-    freed.push(id);
-    let outcome = outcome(dev, &cmd, result);
-    count(dev, &cmd, outcome.is_ok());
-    cmd.request.complete_part(outcome);
-}
-
-fn outcome(dev: &DeviceShared, cmd: &InFlight, result: i32) -> Result<u64, Error> {
-    let errno = cmd.injected.or((result < 0).then_some(-result));
-    if let Some(errno) = errno {
-        return Err(dev.io_error(
-            cmd.op,
-            cmd.offset,
-            cmd.len,
-            std::io::Error::from_raw_os_error(errno),
-        ));
-    }
-    let done = result as u64;
-    if done != cmd.len {
-        return Err(Error::ShortTransfer {
-            device: dev.name.clone(),
-            op: cmd.op,
-            offset: cmd.offset,
-            expected: cmd.len,
-            done,
-        });
-    }
-    Ok(done)
-}
-
-fn count(dev: &DeviceShared, cmd: &InFlight, ok: bool) {
-    let c = &dev.counters;
-    if !ok {
-        c.errors.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    match cmd.op {
-        Op::Read => {
-            c.reads.fetch_add(1, Ordering::Relaxed);
-            c.bytes_read.fetch_add(cmd.len, Ordering::Relaxed);
+        match cmd.op {
+            Op::Read => {
+                c.reads.fetch_add(1, Ordering::Relaxed);
+                c.bytes_read.fetch_add(cmd.len, Ordering::Relaxed);
+            }
+            Op::Write => {
+                c.writes.fetch_add(1, Ordering::Relaxed);
+                c.bytes_written.fetch_add(cmd.len, Ordering::Relaxed);
+            }
         }
-        Op::Write => {
-            c.writes.fetch_add(1, Ordering::Relaxed);
-            c.bytes_written.fetch_add(cmd.len, Ordering::Relaxed);
+    }
+}
+
+/// The reaper: drains whenever the ring rings and nobody else is waiting on the device;
+/// stands by (looking every millisecond) while waiters drain.
+pub(super) fn run(dev: &DeviceShared) {
+    let mut fds = [notify::readable(dev.efd.raw())];
+    loop {
+        if dev.closed.load(Ordering::Acquire) && dev.idle() {
+            return;
         }
+        dev.kick_deferred();
+        if dev.waiters.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(STANDBY_TICK);
+        } else {
+            let timeout = dev
+                .next_due()
+                .map(|due| due.saturating_duration_since(Instant::now()));
+            notify::wait_any(&mut fds, timeout.or(Some(Duration::from_millis(100))));
+            if fds[0].revents != 0 {
+                // Cleared before draining, so a completion posted after the drain rings again.
+                dev.efd.clear();
+            }
+        }
+        dev.drain();
     }
 }

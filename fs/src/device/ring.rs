@@ -2,12 +2,8 @@
 //! updating fixed-buffer slots, and reading completions.
 
 use std::io;
-use std::time::Duration;
 
 use io_uring::{IoUring, opcode, squeue, types};
-
-/// `user_data` of the entry that wakes the reaper (shutdown).
-pub(crate) const WAKE: u64 = u64::MAX;
 
 /// One command to put on the ring.
 pub(crate) enum Entry {
@@ -112,31 +108,6 @@ pub(crate) fn submit(ring: &IoUring) -> io::Result<()> {
             }
             Err(e) => return Err(e),
         }
-    }
-}
-
-/// Waits for at least one completion, or until `timeout` passes.
-pub(crate) fn wait(ring: &IoUring, timeout: Option<Duration>) -> io::Result<()> {
-    let result = match timeout {
-        None => ring.submit_and_wait(1).map(drop),
-        Some(t) => {
-            let ts = types::Timespec::new()
-                .sec(t.as_secs())
-                .nsec(t.subsec_nanos());
-            let args = types::SubmitArgs::new().timespec(&ts);
-            ring.submitter().submit_with_args(1, &args).map(drop)
-        }
-    };
-    match result {
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-            ) =>
-        {
-            Ok(())
-        }
-        other => other,
     }
 }
 
