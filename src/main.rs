@@ -1,6 +1,10 @@
 //! The `stripefs` command line.
 
 mod demo;
+mod fsck_cli;
+mod lock;
+mod mkfs;
+mod mount;
 
 use clap::{Parser, Subcommand};
 
@@ -20,15 +24,55 @@ enum Command {
     /// Make scratch devices, write a pattern across a striped volume with registered writes,
     /// read it back with registered reads while the buffer migrates, verify every byte.
     Demo(demo::DemoArgs),
+    /// Write a new, empty filesystem over devices (paths or emu: specs), in this order.
+    Mkfs(mkfs::MkfsArgs),
+    /// Serve a filesystem with FUSE on MOUNTPOINT until it is unmounted (`umount
+    /// MOUNTPOINT`) or interrupted; in the foreground unless --daemon.
+    #[command(override_usage = "stripefs mount [OPTIONS] DEV... MOUNTPOINT")]
+    Mount(mount::MountArgs),
+    /// Check the superblocks and metadata of a filesystem that is not mounted; exits 1 if
+    /// anything is wrong.
+    Fsck(fsck_cli::FsckArgs),
+    /// Measure registered I/O against fio, a raw io_uring reader and the baselines, on
+    /// scratch devices.
+    Bench(stripefs_bench::BenchArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Mkfs(args) => mkfs::run(args),
+        Command::Mount(args) => mount::run(args),
+        Command::Bench(args) => stripefs_bench::run(args),
+        Command::Fsck(args) => match fsck_cli::run(args) {
+            Ok(true) => Ok(()),
+            // The report is printed: damage found.
+            Ok(false) => std::process::exit(1),
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = result {
-        eprintln!("stripefs: {e:#}");
+        eprintln!("stripefs: {}", report(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose text the level above
+/// already includes (some errors print their source in their own message too).
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !previous.is_empty() && previous.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        previous = text;
+    }
+    out
 }

@@ -507,3 +507,52 @@ fn concurrent_writers_and_readers_on_different_files() {
     let report = filesystem::fsck(&devices).expect("fsck");
     assert!(report.is_clean(), "{:?}", report.problems);
 }
+
+#[test]
+fn a_full_metadata_area_refuses_changes_instead_of_losing_them() {
+    let d = devices(2, 32 << 20);
+    filesystem::mkfs(
+        &d.specs,
+        &MkfsOptions {
+            metadata_size: Some(1 << 20),
+            ..MkfsOptions::default()
+        },
+    )
+    .expect("mkfs");
+    let fs = Filesystem::open(&d.specs).expect("open");
+    let pad = vec![b'x'; 200];
+    let mut made = 0;
+    let err = loop {
+        let r = fs
+            .create(ROOT, name(&format!("f{made}")), 0o644, ME)
+            .and_then(|f| fs.setxattr(f.ino, name("user.pad"), &pad, Default::default()));
+        match r {
+            Ok(()) => made += 1,
+            Err(e) => break e,
+        }
+        assert!(made < 100_000, "metadata never filled up");
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    assert!(
+        fs.statfs().ffree < 64,
+        "statfs shows the metadata is nearly full"
+    );
+    fs.shutdown()
+        .expect("everything acknowledged fits in a checkpoint");
+    drop(fs);
+    let fs = Filesystem::open(&d.specs).expect("reopen");
+    for i in 0..made {
+        let f = fs
+            .lookup(ROOT, name(&format!("f{i}")))
+            .expect("every acknowledged file is there");
+        assert_eq!(
+            fs.getxattr(f.ino, name("user.pad"))
+                .expect("and its attribute"),
+            pad
+        );
+    }
+    assert!(matches!(
+        fs.setxattr(1, name("system.posix_acl_access"), b"x", Default::default()),
+        Err(FsError::NotSupported { .. })
+    ));
+}

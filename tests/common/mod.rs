@@ -5,6 +5,8 @@
 //! Every test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod mount;
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};

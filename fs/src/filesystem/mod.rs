@@ -19,7 +19,7 @@ pub use xattr::{LAYOUT_XATTR, XattrFlags, format_layout};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -138,6 +138,11 @@ pub struct Filesystem {
     next_first_device: AtomicUsize,
     invalidator: RwLock<Option<Invalidator>>,
     closed: AtomicBool,
+    /// Bytes a checkpoint may take (the smallest replica slot).
+    meta_capacity: u64,
+    /// Bytes the metadata would take as a checkpoint: exact after `measure`, plus the encoded
+    /// size of every record applied since (an overestimate, corrected when it matters).
+    meta_estimate: AtomicU64,
 }
 
 /// Current time as a record timestamp.
@@ -222,7 +227,15 @@ impl Filesystem {
             metadata.apply(&Record::FreeInode { ino })?;
         }
         let alloc = build_allocator(&superblocks, &metadata, &devices)?;
+        let meta_capacity = journal::areas(&superblocks)
+            .iter()
+            .map(journal::MetaArea::slot_len)
+            .min()
+            .unwrap_or(0);
+        let meta_estimate = AtomicU64::new(checkpoint_size(&metadata.snapshot()));
         let fs = Arc::new(Filesystem {
+            meta_capacity,
+            meta_estimate,
             id,
             pool,
             superblocks,
@@ -340,7 +353,10 @@ impl Filesystem {
     }
 
     /// Applies `records` and queues them for the log. Freed space returns to the allocator.
+    /// Refused with `MetadataFull` (ENOSPC) when the metadata could no longer be checkpointed,
+    /// so that nothing is acknowledged that cannot be made durable.
     fn change(&self, meta: &mut Metadata, records: Vec<Record>) -> Result<(), FsError> {
+        self.reserve_metadata(meta, &records)?;
         let mut pending = self.pending.lock();
         for r in records {
             let freed = meta.apply(&r)?;
@@ -351,6 +367,40 @@ impl Filesystem {
                 }
             }
             pending.push(r);
+        }
+        Ok(())
+    }
+
+    fn reserve_metadata(&self, meta: &Metadata, records: &[Record]) -> Result<(), FsError> {
+        let grows = records.iter().any(|r| {
+            !matches!(
+                r,
+                Record::FreeInode { .. }
+                    | Record::Unlink { .. }
+                    | Record::TruncateExtents { .. }
+                    | Record::RemoveXattr { .. }
+            )
+        });
+        if !grows {
+            return Ok(());
+        }
+        let mut encoded = Vec::new();
+        stripefs_layout::ondisk::encode_all(records, &mut encoded);
+        let delta = encoded.len() as u64;
+        let estimate = self.meta_estimate.fetch_add(delta, Ordering::Relaxed) + delta;
+        // Leave room for the records of the change that are replaced (inode records), which
+        // the estimate counts twice, by measuring exactly once the estimate gets close.
+        if estimate <= self.meta_capacity / 10 * 9 {
+            return Ok(());
+        }
+        let exact = checkpoint_size(&meta.snapshot());
+        self.meta_estimate.store(exact + delta, Ordering::Relaxed);
+        if exact + delta > self.meta_capacity {
+            self.meta_estimate.store(exact, Ordering::Relaxed);
+            return Err(FsError::MetadataFull {
+                needed: exact + delta,
+                available: self.meta_capacity,
+            });
         }
         Ok(())
     }
@@ -723,11 +773,16 @@ impl Filesystem {
         let blocks = (0..n).map(|d| alloc.capacity(d)).sum::<u64>() / BLOCK_SIZE;
         let bfree = (0..n).map(|d| alloc.free(d)).sum::<u64>() / BLOCK_SIZE;
         let files = self.meta.read().len() as u64;
+        // A small file costs about this much metadata (inode, name, an extent or two).
+        const BYTES_PER_FILE: u64 = 256;
+        let meta_free = self
+            .meta_capacity
+            .saturating_sub(self.meta_estimate.load(Ordering::Relaxed));
         StatFs {
             blocks,
             bfree,
-            files,
-            ffree: u64::from(u32::MAX) - files,
+            files: files + meta_free / BYTES_PER_FILE,
+            ffree: meta_free / BYTES_PER_FILE,
             bsize: BLOCK_SIZE as u32,
             namelen: NAME_MAX as u32,
         }
@@ -787,6 +842,16 @@ impl Drop for Filesystem {
     fn drop(&mut self) {
         self.closed.store(true, Ordering::Release);
     }
+}
+
+/// Bytes of a checkpoint's header block.
+const CHECKPOINT_OVERHEAD: u64 = stripefs_layout::ondisk::CHECKPOINT_HEADER_LEN as u64;
+
+/// Bytes a checkpoint of `records` takes on a device.
+fn checkpoint_size(records: &[Record]) -> u64 {
+    let mut bytes = Vec::new();
+    stripefs_layout::ondisk::encode_all(records, &mut bytes);
+    CHECKPOINT_OVERHEAD + (bytes.len() as u64).next_multiple_of(4096)
 }
 
 fn fs_id() -> u64 {

@@ -243,12 +243,22 @@ fn parse_devices(val: &str, n: usize) -> Result<Vec<u16>, FsError> {
     Ok(out)
 }
 
+/// Namespaces whose attributes are stored as plain values. `system.*` (ACLs and the like)
+/// has meaning the filesystem does not implement, so it is refused rather than stored and
+/// silently ignored.
+const STORED_NAMESPACES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+
 fn check_xattr_name(name: &[u8]) -> Result<(), FsError> {
     if name.is_empty() || name.len() > NAME_MAX || name.contains(&0) {
         return Err(FsError::invalid(format!(
             "attribute name of {} bytes",
             name.len()
         )));
+    }
+    if !STORED_NAMESPACES.iter().any(|ns| name.starts_with(ns)) {
+        return Err(FsError::NotSupported {
+            what: "attributes outside the user., trusted. and security. namespaces",
+        });
     }
     Ok(())
 }

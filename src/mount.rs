@@ -1,0 +1,382 @@
+//! `stripefs mount`: serves a filesystem with FUSE, in the foreground or as a daemon.
+//!
+//! Foreground (the default): the command mounts, says so, and serves until the filesystem is
+//! unmounted (`umount MOUNTPOINT` from anywhere) or it gets SIGINT, SIGTERM or SIGHUP.
+//!
+//! `--daemon`: the command forks before anything else runs (no thread exists yet, so the
+//! child is a complete copy), the child starts a new session, opens the devices, mounts,
+//! checks that a request through the mountpoint reaches it, and only then tells the parent,
+//! through a pipe, that the mount is ready; the parent exits 0 then, or prints the child's
+//! error and exits 1. The child's standard streams go to `/dev/null` (or `--log FILE`).
+//!
+//! Either way, the end is the same: the first signal commits the metadata and unmounts
+//! (`umount(2)`; if files are still open there, the mount is detached lazily and served until
+//! the last one is closed); a second signal stops at once. When the session has ended, the
+//! filesystem is shut down (commit and checkpoint) and the process exits 0.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use stripefs_fs::Filesystem;
+use stripefs_fs::mount::{Mount, MountOptions, is_root};
+
+use crate::lock::{DeviceLocks, lock_devices};
+use crate::mkfs::parse_specs;
+
+/// Settings of the mount command.
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// Detach into the background once the mount is ready.
+    #[arg(long)]
+    pub daemon: bool,
+    /// Threads serving FUSE requests.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// Commit metadata changes to the log at least this often (fsync commits at once).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub commit_interval: Duration,
+    /// With --daemon: append the daemon's messages to this file (default: discarded).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// The devices in their mkfs order (paths or emu: specs), then the mountpoint.
+    #[arg(required = true, num_args = 2.., value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    stripefs_fs::spec::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// What the serving loop waits for.
+enum Event {
+    /// The FUSE session has ended (the filesystem was unmounted).
+    Ended,
+    /// A termination signal arrived.
+    Signal(i32),
+}
+
+const SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+pub fn run(args: &MountArgs) -> Result<()> {
+    let Some((mountpoint, devices)) = args.paths.split_last() else {
+        bail!("give the devices, then the mountpoint");
+    };
+    let specs = parse_specs(devices)?;
+    let mountpoint = Path::new(mountpoint)
+        .canonicalize()
+        .with_context(|| format!("mountpoint {mountpoint}"))?;
+    if !mountpoint.is_dir() {
+        bail!("mountpoint {}: not a directory", mountpoint.display());
+    }
+    if args.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let options = MountOptions {
+        threads: args.threads,
+        allow_other: is_root(),
+        fsname: "stripefs".into(),
+    };
+    // The locks on file devices are held for as long as the filesystem is served.
+    let open = || -> Result<(DeviceLocks, Arc<Filesystem>)> {
+        let locks = lock_devices(&specs)?;
+        let fs =
+            Filesystem::open(&specs).with_context(|| format!("opening {}", devices.join(" ")))?;
+        Ok((locks, fs))
+    };
+    if args.daemon {
+        daemonize(&mountpoint, args.log.as_deref(), |ready| {
+            let (_locks, fs) = open()?;
+            serve(fs, &mountpoint, &options, args.commit_interval, ready)
+        })
+    } else {
+        block_signals()?;
+        let (_locks, fs) = open()?;
+        serve(
+            fs,
+            &mountpoint,
+            &options,
+            args.commit_interval,
+            Ready::Foreground,
+        )
+    }
+}
+
+/// How to announce that the mount is ready.
+enum Ready {
+    Foreground,
+    /// Write to the parent through this pipe, then redirect the standard streams and set
+    /// `announced`.
+    Daemon {
+        pipe: File,
+        log: Option<File>,
+        announced: Arc<AtomicBool>,
+    },
+}
+
+impl Ready {
+    fn announce(self, mountpoint: &Path) -> Result<()> {
+        match self {
+            Ready::Foreground => {
+                println!(
+                    "stripefs: mounted on {} (Ctrl-C or `umount {}` to stop)",
+                    mountpoint.display(),
+                    mountpoint.display()
+                );
+                Ok(())
+            }
+            Ready::Daemon {
+                mut pipe,
+                log,
+                announced,
+            } => {
+                pipe.write_all(b"ready\n")
+                    .context("telling the parent the mount is ready")?;
+                announced.store(true, Ordering::Release);
+                drop(pipe);
+                redirect_stdio(log.as_ref())?;
+                // Keep no directory busy.
+                std::env::set_current_dir("/").context("chdir /")?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Mounts `fs` and serves it until it is unmounted; then shuts it down.
+fn serve(
+    fs: Arc<Filesystem>,
+    mountpoint: &Path,
+    options: &MountOptions,
+    commit_interval: Duration,
+    ready: Ready,
+) -> Result<()> {
+    let (events, received) = channel();
+    fs.start_committer(commit_interval);
+    let on_end = {
+        let events = events.clone();
+        move || {
+            let _ = events.send(Event::Ended);
+        }
+    };
+    let mut mount = Mount::start(fs.clone(), mountpoint, options, on_end)
+        .with_context(|| format!("mounting on {}", mountpoint.display()))?;
+    mount
+        .check()
+        .with_context(|| format!("checking the mount on {}", mountpoint.display()))?;
+    start_signal_thread(events).context("starting the signal thread")?;
+    ready.announce(mountpoint)?;
+
+    let mut signalled = false;
+    for event in received {
+        match event {
+            Event::Ended => break,
+            Event::Signal(sig) if !signalled => {
+                signalled = true;
+                eprintln!(
+                    "stripefs: {}: unmounting {}",
+                    signal_name(sig),
+                    mountpoint.display()
+                );
+                if let Err(e) = fs.sync() {
+                    eprintln!("stripefs: committing metadata: {e}");
+                }
+                if let Err(e) = mount.unmount() {
+                    let detached = mount.detach();
+                    eprintln!(
+                        "stripefs: umount {}: {e}; {}",
+                        mountpoint.display(),
+                        match detached {
+                            Ok(()) => "detached it: open files are served until closed \
+                                       (signal again to stop now)"
+                                .to_string(),
+                            Err(e) => format!("detaching failed too: {e}"),
+                        }
+                    );
+                }
+            }
+            Event::Signal(sig) => {
+                eprintln!("stripefs: {}: stopping now", signal_name(sig));
+                // Exiting closes /dev/fuse, which ends the connection and every open file.
+                fs.shutdown()
+                    .context("shutting the filesystem down (commit and checkpoint)")?;
+                std::process::exit(0);
+            }
+        }
+    }
+    let session = mount.wait();
+    fs.shutdown()
+        .context("shutting the filesystem down (commit and checkpoint)")?;
+    session.context("the FUSE session ended with an error")?;
+    eprintln!("stripefs: unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+/// Blocks the termination signals in this thread (and so in every thread started after it)
+/// and starts a thread that waits for them and sends them as events.
+fn start_signal_thread(events: Sender<Event>) -> Result<()> {
+    let set = signal_set();
+    std::thread::Builder::new()
+        .name("stripefs signals".into())
+        .spawn(move || {
+            loop {
+                let mut sig = 0;
+                // SAFETY: `set` is an initialized signal set and `sig` a valid out-pointer.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
+                if events.send(Event::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+    }
+    set
+}
+
+/// Blocks the termination signals in the calling thread; threads started later inherit it.
+/// Must run before any other thread exists, so that only the signal thread receives them.
+fn block_signals() -> Result<()> {
+    let set = signal_set();
+    // SAFETY: `set` is a valid signal set; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc)).context("blocking signals");
+    }
+    Ok(())
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+/// Forks; the child runs `serve` (which announces readiness through the pipe it is given);
+/// the parent waits for that announcement and exits 0, or prints the child's error and
+/// exits 1. Returns only in the child.
+fn daemonize(
+    mountpoint: &Path,
+    log: Option<&Path>,
+    serve: impl FnOnce(Ready) -> Result<()>,
+) -> Result<()> {
+    let log = log
+        .map(|p| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("log file {}", p.display()))
+        })
+        .transpose()?;
+    let (read_end, write_end) = pipe().context("creating the readiness pipe")?;
+    // SAFETY: no other thread exists yet (nothing has been opened or started), so the child
+    // is a complete copy of this process and may go on running Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork");
+    }
+    if pid > 0 {
+        drop(write_end);
+        parent_wait(pid, File::from(read_end), mountpoint);
+    }
+    drop(read_end);
+    // SAFETY: setsid has no memory-safety preconditions; failure is reported.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(std::io::Error::last_os_error()).context("setsid");
+    }
+    block_signals()?;
+    let mut pipe = File::from(write_end);
+    let announced = Arc::new(AtomicBool::new(false));
+    let ready = Ready::Daemon {
+        pipe: pipe.try_clone().context("duplicating the readiness pipe")?,
+        log,
+        announced: announced.clone(),
+    };
+    let result = serve(ready);
+    if let Err(e) = &result
+        && !announced.load(Ordering::Acquire)
+    {
+        // Not ready yet: the parent prints the error and exits 1.
+        let _ = writeln!(pipe, "{}", crate::report(e));
+        std::process::exit(1);
+    }
+    // After readiness an error goes to the log, through the caller.
+    result
+}
+
+/// In the parent: reads the child's announcement (a line) and exits.
+fn parent_wait(pid: libc::pid_t, from_child: File, mountpoint: &Path) -> ! {
+    let mut from_child = BufReader::new(from_child);
+    let mut text = String::new();
+    let read = from_child.read_line(&mut text);
+    if read.is_ok() && text == "ready\n" {
+        println!(
+            "stripefs: mounted on {} (daemon pid {pid})",
+            mountpoint.display()
+        );
+        std::process::exit(0);
+    }
+    // An error: the rest of it, up to the child's exit.
+    let _ = from_child.read_to_string(&mut text);
+    let mut status = 0;
+    // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let message = text.trim();
+    if message.is_empty() {
+        eprintln!(
+            "stripefs: the daemon exited before the mount was ready (wait status {status:#x})"
+        );
+    } else {
+        eprintln!("stripefs: {message}");
+    }
+    std::process::exit(1);
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Points stdin at /dev/null and stdout/stderr at `log` (or /dev/null).
+fn redirect_stdio(log: Option<&File>) -> Result<()> {
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .context("opening /dev/null")?;
+    let out = log.unwrap_or(&null);
+    for (from, to) in [(&null, 0), (out, 1), (out, 2)] {
+        // SAFETY: both descriptors are open; dup2 replaces `to` atomically.
+        if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("redirecting standard streams");
+        }
+    }
+    Ok(())
+}
