@@ -56,6 +56,15 @@ fn setup(fill: Option<u64>) -> Setup {
     }
 }
 
+/// Sets the flag when dropped (also while unwinding).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// Moves `buffer` until `stop` is set, at least `min` times; returns how many times.
 fn migrator(buffer: &Buffer, stop: &AtomicBool, count: &AtomicU64) -> u64 {
     let mut n = 0;
@@ -172,6 +181,7 @@ fn reads_racing_migrations_land_in_current_pages() {
     let keep_going =
         |done: u64| done < MIN_REQUESTS || migrations.load(Ordering::Acquire) < MIN_MIGRATIONS;
     let (moved, outcomes) = std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
         let m = scope.spawn(|| migrator(&buffer, &stop, &migrations));
         let readers: Vec<_> = (0..THREADS)
             .map(|t| {
@@ -238,6 +248,7 @@ fn writes_racing_migrations_land_exactly() {
     let stop = AtomicBool::new(false);
     let migrations = AtomicU64::new(0);
     let moved = std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
         let m = scope.spawn(|| migrator(&buffer, &stop, &migrations));
         let writers: Vec<_> = (0..THREADS)
             .map(|t| {
@@ -337,6 +348,9 @@ fn unregister_mid_stream_fails_new_requests_and_hangs_nothing() {
     let completed = AtomicU64::new(0);
     let keep_going = |_| true; // until the mapping is revoked
     let (outcomes, unregister_took) = std::thread::scope(|scope| {
+        // Stops the migrator however this closure ends, so a failed assertion is reported
+        // instead of the scope waiting forever for the migrator.
+        let _stop = StopOnDrop(&stop);
         let m = scope.spawn(|| migrator(&buffer, &stop, &migrations));
         let readers: Vec<_> = (0..THREADS)
             .map(|t| {

@@ -229,9 +229,19 @@ fn unlinked_open_file_lives_until_closed() {
         "the unlinked file's space is still held while it is open"
     );
     drop(f);
-    let (free_after, frsize) = free_space(&fx.mnt);
+    // The kernel sends RELEASE after close(2) has returned: give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (free_after, frsize) = loop {
+        let (free, frsize) = free_space(&fx.mnt);
+        if free.saturating_sub(free_before) * frsize >= 6 * MIB
+            || std::time::Instant::now() > deadline
+        {
+            break (free, frsize);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(
-        (free_after - free_before) * frsize >= 6 * MIB,
+        free_after.saturating_sub(free_before) * frsize >= 6 * MIB,
         "closing the last handle frees the data ({} -> {} blocks)",
         free_before,
         free_after

@@ -148,6 +148,41 @@ impl Buffer {
             total: start.elapsed(),
         })
     }
+
+    /// Moves the buffer to `memory`, pages the caller provides (for example a memfd that a
+    /// client process created and will switch its own view to), keeping the contents: like
+    /// [`Buffer::migrate`], every mapping is invalidated and its in-flight I/O drained, then
+    /// the contents are copied and the buffer switches to `memory`; the next I/O on each
+    /// mapping attaches the new pages. `memory` must be at least as long as the buffer (its
+    /// extra bytes are never addressed).
+    pub fn migrate_to(&self, memory: Memory) -> Result<MigrationReport, MappingError> {
+        let start = Instant::now();
+        if memory.len() < self.len() {
+            return Err(MappingError::OutOfBuffer {
+                offset: 0,
+                len: self.len(),
+                buffer_len: memory.len(),
+            });
+        }
+        let mut current = self.shared.memory.write();
+        let mappings = self.shared.live_mappings();
+        let drain_start = Instant::now();
+        for mapping in &mappings {
+            mapping.invalidate();
+        }
+        let drain = drain_start.elapsed();
+        let copy_start = Instant::now();
+        memory.copy_from(&current);
+        let copy = copy_start.elapsed();
+        *current = Arc::new(memory);
+        self.shared.migrations.fetch_add(1, Ordering::Relaxed);
+        Ok(MigrationReport {
+            mappings: mappings.len(),
+            drain,
+            copy,
+            total: start.elapsed(),
+        })
+    }
 }
 
 impl BufferShared {
@@ -175,5 +210,73 @@ impl std::fmt::Debug for Buffer {
             .field("len", &self.len())
             .field("migrations", &self.migrations())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    fn inode(fd: BorrowedFd<'_>) -> u64 {
+        // SAFETY: `st` is plain data that fstat fills in.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is a valid descriptor and `st` a writable stat struct.
+        assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+        st.st_ino
+    }
+
+    #[test]
+    fn migrate_to_moves_contents_to_the_given_pages_and_aliases_them() {
+        let buffer = Buffer::new(3 * 4096).expect("buffer");
+        let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i * 7 + 3) as u8).collect();
+        buffer.write_at(0, &data).expect("write");
+        let given = Memory::create("given", 3 * 4096, false).expect("memory");
+        let given_inode = inode(given.fd());
+        // A second view of the given pages, as the process that created them keeps.
+        let view = Memory::from_memfd(given.fd().try_clone_to_owned().expect("dup")).expect("view");
+
+        let report = buffer.migrate_to(given).expect("migrate_to");
+        assert_eq!(report.mappings, 0);
+        assert_eq!(buffer.migrations(), 1);
+        assert_eq!(
+            buffer.with_fd(inode),
+            given_inode,
+            "the buffer now uses the given memfd"
+        );
+        let mut seen = vec![0u8; data.len()];
+        view.read_at(0, &mut seen).expect("read view");
+        assert!(seen == data, "contents were copied into the given pages");
+
+        // The buffer and the other view alias the same pages from now on.
+        view.write_at(100, b"from the other side")
+            .expect("write view");
+        let mut back = [0u8; 19];
+        buffer.read_at(100, &mut back).expect("read buffer");
+        assert_eq!(&back, b"from the other side");
+    }
+
+    #[test]
+    fn migrate_to_refuses_memory_shorter_than_the_buffer() {
+        let buffer = Buffer::new(2 * 4096).expect("buffer");
+        buffer.write_at(0, b"kept").expect("write");
+        let short = Memory::create("short", 4096, false).expect("memory");
+        let err = buffer.migrate_to(short).expect_err("too short");
+        assert!(
+            matches!(
+                err,
+                MappingError::OutOfBuffer {
+                    len: 8192,
+                    buffer_len: 4096,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(buffer.migrations(), 0);
+        let mut back = [0u8; 4];
+        buffer.read_at(0, &mut back).expect("read");
+        assert_eq!(&back, b"kept");
     }
 }

@@ -168,16 +168,7 @@ impl Mapping {
 
     /// Unregisters: invalidates, waits for in-flight I/O, and makes every later I/O fail.
     pub fn revoke(&self) {
-        let old = {
-            let _lock = self.shared.remap_lock.lock();
-            self.shared.revoked.store(true, Ordering::Release);
-            self.shared.state.swap(None)
-        };
-        if let Some(old) = old {
-            old.drain();
-        }
-        // A migration may have taken the last state out and still be waiting for its I/O.
-        self.shared.drain_retired();
+        self.shared.take_out(true);
     }
 }
 
@@ -233,17 +224,26 @@ impl MappingShared {
     }
 
     pub(crate) fn invalidate(&self) {
-        let old = {
+        self.take_out(false);
+    }
+
+    /// Takes the current state out of service (and, with `revoke`, forbids new ones), then
+    /// waits until no I/O uses it — nor any state taken out earlier and still draining: a
+    /// migration racing with an unregister must not copy the pages while the unregister's
+    /// state still has reads landing in them, and vice versa.
+    fn take_out(&self, revoke: bool) {
+        let _old = {
             let _lock = self.remap_lock.lock();
+            if revoke {
+                self.revoked.store(true, Ordering::Release);
+            }
             let old = self.state.swap(None);
             if let Some(old) = &old {
                 self.retire(old);
             }
             old
         };
-        if let Some(old) = old {
-            old.drain();
-        }
+        self.drain_retired();
     }
 
     /// Remembers a state that is being drained, so that a revoke can wait for it too.
