@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use stripefs_fs::spec::format_size;
 
 use anyhow::{Context, Result, bail};
 use stripefs_fs::{Completion, DeviceQueue, DeviceSpec, IoContext, Op, Request, Volume, pattern};
@@ -78,7 +79,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let mapping = volume.register(&buffer).context("registering the buffer")?;
     println!(
         "registered a {} buffer against {} devices in {:?}: one mapping, {} attachments",
-        human(buffer.len()),
+        format_size(buffer.len()),
         volume.devices().len(),
         registered.elapsed(),
         mapping.device_count()
@@ -97,7 +98,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     volume.sync().context("flushing the devices")?;
     println!(
         "wrote    {} in {:>8.3?}  {:>8.1} MB/s",
-        human(total),
+        format_size(total),
         write.elapsed,
         mbps(total, write.elapsed)
     );
@@ -114,7 +115,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     )?;
     println!(
         "read     {} in {:>8.3?}  {:>8.1} MB/s  (verified every byte)",
-        human(total),
+        format_size(total),
         read.elapsed,
         mbps(total, read.elapsed)
     );
@@ -303,8 +304,8 @@ fn print_setup(volume: &Volume, dir: &Path, request: u64, depth: usize) {
     println!(
         "volume: {} devices, stripe unit {}, {} usable, block size {} (scratch in {})",
         volume.devices().len(),
-        human(volume.layout().unit().bytes()),
-        human(volume.size()),
+        format_size(volume.layout().unit().bytes()),
+        format_size(volume.size()),
         volume.block_size(),
         dir.display()
     );
@@ -313,11 +314,15 @@ fn print_setup(volume: &Volume, dir: &Path, request: u64, depth: usize) {
             "  {:<40} {:?}, {}, lba {}",
             d.name(),
             d.kind(),
-            human(d.size()),
+            format_size(d.size()),
             d.block_size()
         );
     }
-    println!("requests: {} each, {} in flight", human(request), depth);
+    println!(
+        "requests: {} each, {} in flight",
+        format_size(request),
+        depth
+    );
 }
 
 fn stats(volume: &Volume) -> Vec<stripefs_fs::DeviceStats> {
@@ -335,9 +340,9 @@ fn print_devices(volume: &Volume, before: &[stripefs_fs::DeviceStats], read_time
         println!(
             "{:<40} {:>12} {:>10} {:>12} {:>10.1}",
             d.name(),
-            human(read),
+            format_size(read),
             s.reads - b.reads,
-            human(s.bytes_written),
+            format_size(s.bytes_written),
             mbps(read, read_time)
         );
     }
@@ -345,20 +350,4 @@ fn print_devices(volume: &Volume, before: &[stripefs_fs::DeviceStats], read_time
 
 fn mbps(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
-}
-
-/// Bytes in binary units, for people.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

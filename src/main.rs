@@ -1,10 +1,12 @@
 //! The `stripefs` command line.
 
+mod control_cli;
 mod demo;
 mod fsck_cli;
 mod lock;
 mod mkfs;
 mod mount;
+mod umount;
 
 use clap::{Parser, Subcommand};
 
@@ -30,9 +32,16 @@ enum Command {
     /// MOUNTPOINT`) or interrupted; in the foreground unless --daemon.
     #[command(override_usage = "stripefs mount [OPTIONS] DEV... MOUNTPOINT")]
     Mount(mount::MountArgs),
+    /// Unmount and wait until the daemon has written its checkpoint and exited.
+    Umount(umount::UmountArgs),
     /// Check the superblocks and metadata of a filesystem that is not mounted; exits 1 if
     /// anything is wrong.
     Fsck(fsck_cli::FsckArgs),
+    /// Write files to standard output; with --registered, read them through a buffer
+    /// registered with the mount daemon (registered I/O from this process).
+    Cat(control_cli::CatArgs),
+    /// Per-device bytes and requests of a mounted stripefs, and its live registrations.
+    Stat(control_cli::StatArgs),
     /// Measure registered I/O against fio, a raw io_uring reader and the baselines, on
     /// scratch devices.
     Bench(stripefs_bench::BenchArgs),
@@ -44,7 +53,10 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Mkfs(args) => mkfs::run(args),
         Command::Mount(args) => mount::run(args),
+        Command::Umount(args) => umount::run(args),
         Command::Bench(args) => stripefs_bench::run(args),
+        Command::Cat(args) => control_cli::cat(args),
+        Command::Stat(args) => control_cli::stat(args),
         Command::Fsck(args) => match fsck_cli::run(args) {
             Ok(true) => Ok(()),
             // The report is printed: damage found.

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use stripefs_fs::DeviceSpec;
 use stripefs_fs::filesystem::{self, MkfsOptions, hex};
+use stripefs_fs::spec::format_size;
 
 use crate::demo::parse_size;
 
@@ -60,37 +61,21 @@ pub fn run(args: &MkfsArgs) -> Result<()> {
         "stripefs {}{label}: {} devices, stripe unit {}, stripe count {}, block size {}",
         hex(&first.fs_uuid),
         first.device_count,
-        human(u64::from(first.default_stripe_unit)),
+        format_size(u64::from(first.default_stripe_unit)),
         first.default_stripe_count,
         first.block_size
     );
     for (sb, name) in superblocks.iter().zip(&args.devices) {
         let meta = if sb.meta_len > 0 {
-            format!(", metadata {}", human(sb.meta_len))
+            format!(", metadata {}", format_size(sb.meta_len))
         } else {
             String::new()
         };
         println!(
             "  #{} {name}: data {}{meta}",
             sb.device_index,
-            human(sb.data_len)
+            format_size(sb.data_len)
         );
     }
     Ok(())
-}
-
-/// `262144` → `256.0 KiB`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

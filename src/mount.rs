@@ -170,8 +170,23 @@ fn serve(
     mount
         .check()
         .with_context(|| format!("checking the mount on {}", mountpoint.display()))?;
+    // Before the mount is announced, so the socket exists when `mount --daemon` returns.
+    let control = stripefs_fs::control::Server::start(fs.clone(), mountpoint)
+        .with_context(|| format!("starting the control endpoint of {}", mountpoint.display()))?;
+    let pid_file = crate::umount::pid_file(
+        &mountpoint
+            .canonicalize()
+            .unwrap_or_else(|_| mountpoint.to_path_buf()),
+    );
     start_signal_thread(events).context("starting the signal thread")?;
     ready.announce(mountpoint)?;
+    // After the announcement: a daemon's pid is only known once it has detached.
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        eprintln!(
+            "stripefs: cannot write {}: {e} (`stripefs umount` will not wait)",
+            pid_file.display()
+        );
+    }
 
     let mut signalled = false;
     for event in received {
@@ -210,10 +225,12 @@ fn serve(
             }
         }
     }
+    control.shutdown();
     let session = mount.wait();
     fs.shutdown()
         .context("shutting the filesystem down (commit and checkpoint)")?;
     session.context("the FUSE session ended with an error")?;
+    let _ = std::fs::remove_file(&pid_file);
     eprintln!("stripefs: unmounted {}", mountpoint.display());
     Ok(())
 }

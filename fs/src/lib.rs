@@ -9,6 +9,7 @@
 //! size (the largest logical block size of its devices). Misaligned requests are refused with
 //! an error naming the value and the alignment; nothing is bounced.
 
+pub mod control;
 pub mod device;
 mod engine;
 pub mod error;

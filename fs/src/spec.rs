@@ -226,6 +226,22 @@ pub enum SpecError {
 
 /// Parses a byte count: digits with an optional 1024-based suffix (`4096`, `64K`, `1G`,
 /// `2TiB`). Integers only; a result past `u64::MAX` is refused.
+/// Bytes in binary units for people: `262144` → `256.0 KiB`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 pub fn parse_size(s: &str) -> Result<u64, SpecError> {
     size_value(s).map_err(|reason| SpecError::BadSize {
         value: s.to_owned(),

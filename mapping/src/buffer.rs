@@ -124,29 +124,15 @@ impl Buffer {
     /// on each mapping attaches the new pages.
     pub fn migrate(&self) -> Result<MigrationReport, MappingError> {
         let start = Instant::now();
+        // Allocated before anything is invalidated: I/O keeps flowing meanwhile.
         let new = Memory::create(
             "stripefs-buffer",
             self.len(),
             self.shared.options.huge_pages,
         )?;
-        let mut current = self.shared.memory.write();
-        let mappings = self.shared.live_mappings();
-        let drain_start = Instant::now();
-        for mapping in &mappings {
-            mapping.invalidate();
-        }
-        let drain = drain_start.elapsed();
-        let copy_start = Instant::now();
-        new.copy_from(&current);
-        let copy = copy_start.elapsed();
-        *current = Arc::new(new);
-        self.shared.migrations.fetch_add(1, Ordering::Relaxed);
-        Ok(MigrationReport {
-            mappings: mappings.len(),
-            drain,
-            copy,
-            total: start.elapsed(),
-        })
+        let mut report = self.migrate_to(new)?;
+        report.total = start.elapsed();
+        Ok(report)
     }
 
     /// Moves the buffer to `memory`, pages the caller provides (for example a memfd that a

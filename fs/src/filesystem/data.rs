@@ -254,24 +254,13 @@ impl Filesystem {
     /// Reads `out.len()` bytes at `offset` through bounce buffers.
     fn read_bounced(&self, ino: u64, offset: u64, out: &mut [u8]) -> Result<(), FsError> {
         let bounce = self.pool.take()?;
-        let end = offset + out.len() as u64;
-        let mut w0 = offset;
-        while w0 < end {
-            let a0 = round_down(w0);
-            let w1 = end.min(a0 + BOUNCE_SIZE - 2 * BLOCK_SIZE);
-            let a1 = round_up(w1);
-            let target = Target {
-                mapping: &bounce.mapping,
-                by: AttachBy::Device,
-                offset: 0,
-            };
-            self.read_aligned(ino, a0, a1, target)?;
-            let at = (w0 - offset) as usize..(w1 - offset) as usize;
+        let target = bounce_target(&bounce.mapping);
+        for w in windows(offset, out.len() as u64) {
+            self.read_aligned(ino, w.a0, w.a1, target)?;
             bounce
                 .buffer
-                .read_at(w0 - a0, &mut out[at])
+                .read_at(w.w0 - w.a0, &mut out[w.range(offset)])
                 .map_err(Error::from)?;
-            w0 = w1;
         }
         Ok(())
     }
@@ -291,34 +280,23 @@ impl Filesystem {
     /// blocks). Does not change the size.
     fn write_bounced(&self, ino: u64, offset: u64, data: &[u8]) -> Result<(), FsError> {
         let bounce = self.pool.take()?;
-        let end = offset + data.len() as u64;
-        let mut w0 = offset;
-        while w0 < end {
-            let a0 = round_down(w0);
-            let w1 = end.min(a0 + BOUNCE_SIZE - 2 * BLOCK_SIZE);
-            let a1 = round_up(w1);
-            let target = Target {
-                mapping: &bounce.mapping,
-                by: AttachBy::Device,
-                offset: 0,
-            };
-            if w0 != a0 {
-                self.read_aligned(ino, a0, a0 + BLOCK_SIZE, target)?;
+        let target = bounce_target(&bounce.mapping);
+        for w in windows(offset, data.len() as u64) {
+            if w.w0 != w.a0 {
+                self.read_aligned(ino, w.a0, w.a0 + BLOCK_SIZE, target)?;
             }
-            if w1 != a1 && (w0 == a0 || a1 - BLOCK_SIZE != a0) {
+            if w.w1 != w.a1 && (w.w0 == w.a0 || w.a1 - BLOCK_SIZE != w.a0) {
                 let tail = Target {
-                    offset: a1 - BLOCK_SIZE - a0,
+                    offset: w.a1 - BLOCK_SIZE - w.a0,
                     ..target
                 };
-                self.read_aligned(ino, a1 - BLOCK_SIZE, a1, tail)?;
+                self.read_aligned(ino, w.a1 - BLOCK_SIZE, w.a1, tail)?;
             }
-            let at = (w0 - offset) as usize..(w1 - offset) as usize;
             bounce
                 .buffer
-                .write_at(w0 - a0, &data[at])
+                .write_at(w.w0 - w.a0, &data[w.range(offset)])
                 .map_err(Error::from)?;
-            self.write_aligned(ino, a0, a1, target)?;
-            w0 = w1;
+            self.write_aligned(ino, w.a0, w.a1, target)?;
         }
         Ok(())
     }
@@ -520,6 +498,52 @@ impl Filesystem {
         }
         self.invalidate(ino);
         Ok(len)
+    }
+}
+
+/// One bounce-buffer load of a bounced transfer: the bytes `w0..w1`, inside the
+/// block-aligned `a0..a1` that is moved to or from the devices.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    w0: u64,
+    w1: u64,
+    a0: u64,
+    a1: u64,
+}
+
+impl Window {
+    /// Where the window's bytes are in the caller's slice that starts at file `offset`.
+    fn range(&self, offset: u64) -> std::ops::Range<usize> {
+        (self.w0 - offset) as usize..(self.w1 - offset) as usize
+    }
+}
+
+/// Cuts `offset..offset+len` into windows that each fit one bounce buffer.
+fn windows(offset: u64, len: u64) -> impl Iterator<Item = Window> {
+    let end = offset + len;
+    let mut w0 = offset;
+    std::iter::from_fn(move || {
+        if w0 >= end {
+            return None;
+        }
+        let a0 = round_down(w0);
+        let w1 = end.min(a0 + BOUNCE_SIZE - 2 * BLOCK_SIZE);
+        let window = Window {
+            w0,
+            w1,
+            a0,
+            a1: round_up(w1),
+        };
+        w0 = w1;
+        Some(window)
+    })
+}
+
+fn bounce_target(mapping: &Mapping) -> Target<'_> {
+    Target {
+        mapping,
+        by: AttachBy::Device,
+        offset: 0,
     }
 }
 

@@ -14,7 +14,7 @@ mod fsck;
 mod journal;
 mod xattr;
 
-pub use xattr::{LAYOUT_XATTR, XattrFlags, format_layout};
+pub use xattr::{CONTROL_XATTR, LAYOUT_XATTR, XattrFlags, format_layout};
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -137,6 +137,8 @@ pub struct Filesystem {
     registrations: DashMap<u64, (u64, Mapping)>,
     next_first_device: AtomicUsize,
     invalidator: RwLock<Option<Invalidator>>,
+    /// Where the mount's control endpoint listens (shown as an xattr on every inode).
+    control_socket: RwLock<Option<std::path::PathBuf>>,
     closed: AtomicBool,
     /// Bytes a checkpoint may take (the smallest replica slot).
     meta_capacity: u64,
@@ -248,6 +250,7 @@ impl Filesystem {
             registrations: DashMap::new(),
             next_first_device: AtomicUsize::new(0),
             invalidator: RwLock::new(None),
+            control_socket: RwLock::new(None),
             closed: AtomicBool::new(false),
             devices,
         });
@@ -273,6 +276,13 @@ impl Filesystem {
     /// Sets the hook called when a file changes outside the POSIX path.
     pub fn set_invalidator(&self, f: Invalidator) {
         *self.invalidator.write() = Some(f);
+    }
+
+    /// Publishes the control endpoint's socket path: every inode then shows it as the
+    /// attribute `user.stripefs.control`, so a program that knows only a path on the mount
+    /// finds the endpoint.
+    pub fn set_control_socket(&self, path: Option<std::path::PathBuf>) {
+        *self.control_socket.write() = path;
     }
 
     fn invalidate(&self, ino: u64) {

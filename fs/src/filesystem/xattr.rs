@@ -11,6 +11,8 @@ use crate::spec::parse_size;
 
 /// The name under which a file's (or directory's default) layout is shown and set.
 pub const LAYOUT_XATTR: &str = "user.stripefs.layout";
+/// The name under which the mount's control socket path is shown (read-only).
+pub const CONTROL_XATTR: &str = "user.stripefs.control";
 /// Largest attribute value.
 pub const XATTR_VALUE_MAX: usize = 65536;
 
@@ -39,6 +41,14 @@ impl Filesystem {
     pub fn getxattr(&self, ino: u64, name: &std::ffi::OsStr) -> Result<Vec<u8>, FsError> {
         let meta = self.meta.read();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+        if name.as_bytes() == CONTROL_XATTR.as_bytes() {
+            return self
+                .control_socket
+                .read()
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .ok_or(FsError::NoXattr);
+        }
         if name.as_bytes() == LAYOUT_XATTR.as_bytes() {
             return match (&inode.record.layout, inode.record.kind) {
                 (Some(l), _) => Ok(format_layout(l).into_bytes()),
@@ -65,6 +75,9 @@ impl Filesystem {
         if inode.record.kind != InodeKind::Symlink {
             names.push(LAYOUT_XATTR.as_bytes().to_vec());
         }
+        if self.control_socket.read().is_some() {
+            names.push(CONTROL_XATTR.as_bytes().to_vec());
+        }
         names.extend(inode.xattrs.keys().cloned());
         Ok(names)
     }
@@ -87,6 +100,11 @@ impl Filesystem {
         }
         if name == LAYOUT_XATTR.as_bytes() {
             return self.set_layout(ino, value);
+        }
+        if name == CONTROL_XATTR.as_bytes() {
+            return Err(FsError::invalid(
+                "user.stripefs.control is set by the mount daemon",
+            ));
         }
         let mut meta = self.meta.write();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;

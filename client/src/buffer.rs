@@ -1,0 +1,133 @@
+//! The client's buffer: a sealed memfd mapped in this process, whose pages the daemon maps
+//! too when the buffer is registered.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use stripefs_mapping::Memory;
+
+use crate::error::ClientError;
+
+const PAGE: u64 = 4096;
+
+/// Memory to register against files: a sealed memfd (`F_SEAL_SHRINK | F_SEAL_GROW`), zeroed
+/// and prefaulted, mapped in this process. Registered I/O moves data between the file and
+/// these pages directly (the daemon maps the same pages). Cloning shares the buffer.
+///
+/// Devices and the daemon may write the pages at any time while requests are in flight, so
+/// the buffer is never handed out as `&mut [u8]`: use the bounds-checked copies
+/// ([`ClientBuffer::read_at`], [`ClientBuffer::write_at`], [`ClientBuffer::write_to_fd`]).
+#[derive(Clone)]
+pub struct ClientBuffer {
+    pub(crate) inner: Arc<BufferInner>,
+}
+
+pub(crate) struct BufferInner {
+    id: u64,
+    len: u64,
+    /// The current pages. Writers: a migration, for its whole duration.
+    pub(crate) memory: RwLock<Arc<Memory>>,
+    /// Connections (by client number) this buffer is registered on, one entry per handle.
+    pub(crate) registered_on: Mutex<Vec<u64>>,
+}
+
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl ClientBuffer {
+    /// A new buffer of `len` bytes, rounded up to whole pages.
+    pub fn new(len: u64) -> Result<Self, ClientError> {
+        let len = round_up(len)?;
+        let memory = Memory::create("stripefs-client-buffer", len, false)?;
+        Ok(ClientBuffer {
+            inner: Arc::new(BufferInner {
+                id: next_id(),
+                len,
+                memory: RwLock::new(Arc::new(memory)),
+                registered_on: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// New pages for a migration: the same length, a new sealed memfd.
+    pub(crate) fn fresh_memory(&self) -> Result<Memory, ClientError> {
+        Ok(Memory::create(
+            "stripefs-client-buffer",
+            self.inner.len,
+            false,
+        )?)
+    }
+
+    /// Length in bytes (a multiple of the page size).
+    pub fn len(&self) -> u64 {
+        self.inner.len
+    }
+
+    /// Always false: a buffer has at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Process-unique number of this buffer.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Copies `dst.len()` bytes at `offset` out of the buffer.
+    pub fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<(), ClientError> {
+        Ok(self.inner.memory.read().read_at(offset, dst)?)
+    }
+
+    /// Copies `src` into the buffer at `offset`.
+    pub fn write_at(&self, offset: u64, src: &[u8]) -> Result<(), ClientError> {
+        Ok(self.inner.memory.read().write_at(offset, src)?)
+    }
+
+    /// Writes `len` bytes of the buffer at `offset` to `fd` with one `write(2)` straight from
+    /// the shared pages; returns the bytes written (may be fewer, like `write`).
+    pub fn write_to_fd(&self, fd: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<usize> {
+        let memory = self.inner.memory.read();
+        let src = memory
+            .addr(offset, len as u64)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: `src..src+len` is inside the mapping (checked by `addr`), which the read
+        // guard keeps mapped for the call; write(2) only reads it.
+        let n = unsafe { libc::write(fd.as_raw_fd(), src.cast(), len) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Address of the first byte of the current pages in this process (for C). It changes
+    /// when the buffer migrates; the old address is unmapped then.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.inner
+            .memory
+            .read()
+            .addr(0, 0)
+            .unwrap_or(std::ptr::null_mut())
+    }
+}
+
+fn round_up(len: u64) -> Result<u64, ClientError> {
+    if len == 0 {
+        return Err(ClientError::invalid("a buffer needs at least one byte"));
+    }
+    len.checked_next_multiple_of(PAGE)
+        .ok_or_else(|| ClientError::invalid("buffer length overflows"))
+}
+
+impl std::fmt::Debug for ClientBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuffer")
+            .field("id", &self.inner.id)
+            .field("len", &self.inner.len)
+            .finish()
+    }
+}

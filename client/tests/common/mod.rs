@@ -1,0 +1,268 @@
+//! Helpers of the client tests: a stripefs on scratch devices in /var/tmp, mounted with FUSE
+//! in this process and served by the control server; the test's own process plays the mount
+//! daemon, and clients run in this process or in child processes (this test binary run again
+//! with [`CHILD_ENV`] set, or the C example).
+//!
+//! Needs root and /dev/fuse; without them a test prints `skipped: <reason>` and returns
+//! (it fails instead when `STRIPEFS_REQUIRE_FUSE` is set).
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stripefs_fs::control::{Server, ServerHandle};
+use stripefs_fs::filesystem::{self, Filesystem, MkfsOptions};
+use stripefs_fs::mount::{Mount, MountOptions};
+use stripefs_fs::{DeviceSpec, pattern};
+
+/// Set in a child process: what the child should do (see the child entry of each test file).
+pub const CHILD_ENV: &str = "STRIPEFS_CONTROL_TEST_CHILD";
+
+/// Why these tests cannot run here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let reason = if unsafe { libc::geteuid() } != 0 {
+        Some("not root (mounting FUSE with mount(2) needs root)".to_string())
+    } else if !Path::new("/dev/fuse").exists() {
+        Some("no /dev/fuse (fuse module not loaded)".to_string())
+    } else {
+        None
+    }?;
+    if std::env::var_os("STRIPEFS_REQUIRE_FUSE").is_some() {
+        panic!("STRIPEFS_REQUIRE_FUSE is set but {reason}");
+    }
+    Some(reason)
+}
+
+/// Returns from the test with a printed reason when it cannot run here.
+#[macro_export]
+macro_rules! require_mount {
+    () => {
+        if let Some(reason) = common::skip_reason() {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+}
+
+/// A mounted stripefs with its control server. Dropping it stops the server, unmounts,
+/// shuts the filesystem down, and checks it with fsck (panicking on any problem).
+pub struct Mounted {
+    pub dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+    pub fs: Arc<Filesystem>,
+    pub specs: Vec<DeviceSpec>,
+    pub server: Option<ServerHandle>,
+    mount: Option<Mount>,
+}
+
+impl Mounted {
+    /// `devices` scratch devices of `size` bytes, files striped by `unit`.
+    pub fn new(devices: usize, size: u64, unit: u64) -> Mounted {
+        let dir = tempfile::Builder::new()
+            .prefix("stripefs-control-")
+            .tempdir_in("/var/tmp")
+            .expect("scratch dir");
+        let specs: Vec<DeviceSpec> = (0..devices)
+            .map(|i| {
+                let p = dir.path().join(format!("d{i}.img"));
+                std::fs::File::create(&p)
+                    .and_then(|f| f.set_len(size))
+                    .expect("device file");
+                DeviceSpec::Path(p)
+            })
+            .collect();
+        filesystem::mkfs(
+            &specs,
+            &MkfsOptions {
+                stripe_unit: unit,
+                ..MkfsOptions::default()
+            },
+        )
+        .expect("mkfs");
+        let fs = Filesystem::open(&specs).expect("open");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mountpoint");
+        let mount = Mount::start(fs.clone(), &mnt, &MountOptions::default(), || {}).expect("mount");
+        mount.check().expect("mount answers");
+        let mnt = mount.mountpoint().to_path_buf();
+        let server = Server::start(fs.clone(), &mnt).expect("control server");
+        Mounted {
+            dir,
+            mnt,
+            fs,
+            specs,
+            server: Some(server),
+            mount: Some(mount),
+        }
+    }
+
+    pub fn server(&self) -> &ServerHandle {
+        self.server.as_ref().expect("server running")
+    }
+
+    /// A path on the mount.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.mnt.join(name)
+    }
+
+    /// Waits until the server has no connection left (the daemon noticed clients going).
+    pub fn wait_for_no_connections(&self, limit: Duration) {
+        let start = Instant::now();
+        while self.server().connections() > 0 {
+            assert!(
+                start.elapsed() < limit,
+                "{} connection(s) still open after {limit:?}",
+                self.server().connections()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Mounted {
+    /// Stops the server, unmounts, and shuts the filesystem down (commit and checkpoint).
+    fn teardown(&mut self) -> Option<Result<(), filesystem::FsError>> {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+        let mount = self.mount.take()?;
+        let mut mount = mount;
+        if mount.unmount().is_ok() {
+            let _ = mount.wait();
+        } else {
+            drop(mount);
+        }
+        Some(self.fs.shutdown())
+    }
+
+    /// Tears down, then checks the devices with fsck; panics on any problem.
+    pub fn close_and_fsck(mut self) {
+        if let Some(result) = self.teardown() {
+            result.expect("filesystem shutdown");
+        }
+        let devices = filesystem::open_devices(&self.specs).expect("open devices for fsck");
+        let report = filesystem::fsck(&devices).expect("fsck");
+        assert!(
+            report.is_clean(),
+            "fsck found problems: {:#?}",
+            report.problems
+        );
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let shutdown = self.teardown();
+        let leftover = self.fs.registrations();
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(result) = shutdown {
+            result.expect("filesystem shutdown");
+        }
+        assert!(
+            leftover.is_empty(),
+            "registrations left after shutdown: {leftover:?}"
+        );
+    }
+}
+
+/// Waits up to 10 s for `f` to hold; panics naming `what` otherwise.
+#[track_caller]
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `len` bytes of the library's pattern for `seed`.
+pub fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    pattern::fill(seed, 0, &mut v);
+    v
+}
+
+/// Index of the first differing byte, if any.
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or_else(|| (a.len() != b.len()).then_some(a.len().min(b.len())))
+}
+
+/// Panics naming the first differing offset unless `got == want`.
+#[track_caller]
+pub fn assert_same(what: &str, got: &[u8], want: &[u8]) {
+    if let Some(i) = first_difference(got, want) {
+        panic!(
+            "{what}: differs at byte {i} (got {} bytes, want {})",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// This test binary run again as a child process executing only test `entry`, with
+/// [`CHILD_ENV`] set to `task`.
+pub fn child(entry: &str, task: &str) -> Command {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([entry, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, task)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The task of this process if it is a child, `None` in the parent.
+pub fn child_task() -> Option<String> {
+    std::env::var(CHILD_ENV).ok()
+}
+
+/// Splits a child task `verb:a:b:...` at colons.
+pub fn task_parts(task: &str) -> Vec<&str> {
+    task.split(':').collect()
+}
+
+/// A process-wide deadline: aborts the test binary if a test hangs.
+pub struct Watchdog {
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    pub fn new(what: &'static str, limit: Duration) -> Watchdog {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("watchdog: {what} still running after {limit:?}; aborting");
+            std::process::abort();
+        });
+        Watchdog { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Path helper for `OsStr` arguments.
+pub fn os(p: &Path) -> &OsStr {
+    p.as_os_str()
+}

@@ -1,0 +1,65 @@
+//! `stripefs umount MOUNTPOINT`: unmounts and waits until the daemon has written its final
+//! checkpoint and exited, so the devices can be used (fsck, mount again) right after.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use stripefs_fs::control::Server;
+
+/// Arguments of `stripefs umount`.
+#[derive(Debug, clap::Args)]
+pub struct UmountArgs {
+    /// Where the filesystem is mounted.
+    pub mountpoint: PathBuf,
+    /// How long to wait for the daemon to finish, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Where the daemon serving `mountpoint` (canonical) records its pid.
+pub fn pid_file(mountpoint: &Path) -> PathBuf {
+    Server::socket_path(mountpoint).with_extension("pid")
+}
+
+pub fn run(args: &UmountArgs) -> Result<()> {
+    let mountpoint = args
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("{}", args.mountpoint.display()))?;
+    let daemon = std::fs::read_to_string(pid_file(&mountpoint))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&pid| is_stripefs(pid));
+    let status = std::process::Command::new("umount")
+        .arg(&mountpoint)
+        .status()
+        .context("running umount")?;
+    if !status.success() {
+        bail!("umount {} failed ({status})", mountpoint.display());
+    }
+    let Some(pid) = daemon else {
+        println!("unmounted {}", mountpoint.display());
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    while is_stripefs(pid) {
+        if Instant::now() > deadline {
+            bail!(
+                "unmounted, but the daemon (pid {pid}) is still running after {} s",
+                args.timeout
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "unmounted {}; the daemon (pid {pid}) wrote its checkpoint and exited",
+        mountpoint.display()
+    );
+    Ok(())
+}
+
+/// Whether `pid` is a live stripefs process (not a recycled pid).
+fn is_stripefs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "stripefs")
+}
