@@ -242,6 +242,38 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Waits (up to `limit`) until no one holds the block devices among `paths` exclusively.
+/// stripefs opens block devices with `O_EXCL` and registers them with its io_uring rings;
+/// the kernel releases a ring's files, and so the exclusive claim, asynchronously after the
+/// ring is closed, so a device closed a moment ago can still be busy. Files are skipped.
+pub fn wait_until_free(paths: &[PathBuf], limit: std::time::Duration) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let start = std::time::Instant::now();
+    for path in paths {
+        let block = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+        if !block {
+            continue;
+        }
+        loop {
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_EXCL)
+                .open(path);
+            match opened {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < limit => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("waiting for {} to be free", path.display()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates `n` files of `size` bytes filled with a non-zero pattern (holes would read without
 /// touching the disk), flushed and dropped from the page cache.
 fn make_files(dir: &Path, n: usize, size: u64) -> Result<Vec<PathBuf>> {

@@ -30,7 +30,7 @@ pub use engines::EngineId;
 pub use workload::Sweep;
 
 use devices::{Lab, LabSettings, Target};
-use engines::{Outcome, RunSpec};
+use engines::{Filesystems, Outcome, RunSpec};
 use progress::Progress;
 use report::{Report, Settings};
 use results::{EngineRun, PointResult};
@@ -93,6 +93,9 @@ pub struct BenchArgs {
     /// Write the summary as Markdown to this file.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Internal: run as the client process of the cross-process engine (a JSON spec).
+    #[arg(long, hide = true, value_name = "SPEC")]
+    pub cross_process_client: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -101,8 +104,12 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Runs the benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(spec) = &args.cross_process_client {
+        return engines::xproc::client_main(spec);
+    }
     signal::install();
     let started = Instant::now();
+    let stolen = machine::stolen_seconds();
     let settings = settings(args)?;
     let machine = machine::Machine::probe();
     println!("{}", machine.summary());
@@ -125,6 +132,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         points: results,
         costs,
         wall_seconds: started.elapsed().as_secs_f64(),
+        stolen_seconds: stolen.zip(machine::stolen_seconds()).map(|(a, b)| b - a),
     };
     drop(lab);
     print!("{}", report::summary(&report));
@@ -206,7 +214,7 @@ fn applies(engine: EngineId, point: &Point) -> bool {
     engine.runs_on(point.kind)
         && match engine {
             EngineId::StripefsPoll => access == Access::RandRead,
-            EngineId::Fuse | EngineId::CrossProcess => access != Access::SeqWrite,
+            e if e.uses_files() => point.files && !access.is_write(),
             _ => true,
         }
 }
@@ -224,20 +232,28 @@ fn measure_all(
         * s.repeat;
     let mut progress = Progress::new(runs);
     let mut results = Vec::with_capacity(points.len());
+    // Closed (unmounted) when dropped, before the lab's devices go.
+    let mut files = Filesystems::new();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     for point in points {
         if signal::interrupted() {
             break;
         }
-        let result = match lab.target(point.kind, point.devices) {
-            Ok(target) => measure_point(&target, point, engines, s, &mut progress),
+        let (stolen, started) = (machine::stolen_seconds(), Instant::now());
+        let mut result = match lab.target(point.kind, point.devices) {
+            Ok(target) => measure_point(&target, point, engines, s, &mut progress, &mut files),
             Err(reason) => PointResult {
                 point: *point,
                 skipped: Some(reason),
                 runs: Vec::new(),
+                stolen_seconds: None,
+                wall_seconds: 0.0,
             },
         };
+        result.wall_seconds = started.elapsed().as_secs_f64();
+        result.stolen_seconds = stolen.zip(machine::stolen_seconds()).map(|(a, b)| b - a);
         progress.clear();
-        print!("{}", report::point_table(&result));
+        print!("{}", report::point_table(&result, cpus));
         results.push(result);
     }
     results
@@ -249,6 +265,7 @@ fn measure_point(
     engines: &[EngineId],
     s: &Settings,
     progress: &mut Progress,
+    files: &mut Filesystems,
 ) -> PointResult {
     let spec = RunSpec {
         target,
@@ -261,6 +278,12 @@ fn measure_point(
         .filter(|&e| applies(e, point))
         .collect();
     let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); engines.len()];
+    let mut file_error = None;
+    if point.workload.access.is_write()
+        && let Err(e) = files.invalidate(point.kind)
+    {
+        file_error = Some(e);
+    }
     for round in 0..s.repeat {
         let order: Vec<usize> = if round % 2 == 0 {
             (0..engines.len()).collect()
@@ -272,8 +295,29 @@ fn measure_point(
                 break;
             }
             progress.step(&format!("{} {}", point.label(), engines[i].name()));
-            outcomes[i].push(engines::run(engines[i], &spec));
+            // The filesystem holds its devices exclusively: closed before any other engine.
+            if !engines[i].uses_files()
+                && let Err(e) = files.close()
+            {
+                file_error.get_or_insert(e);
+            }
+            let outcome = match &file_error {
+                Some(e) => Outcome::Failed {
+                    error: format!("closing the benchmark's filesystem: {e:#}"),
+                },
+                None => engines::run(engines[i], &spec, files),
+            };
+            outcomes[i].push(outcome);
         }
+    }
+    if let Err(e) = files.close() {
+        file_error.get_or_insert(e);
+    }
+    if let Some(e) = file_error {
+        eprintln!(
+            "stripefs bench: {}: closing the benchmark's filesystem: {e:#}",
+            point.label()
+        );
     }
     let runs = engines
         .into_iter()
@@ -288,6 +332,8 @@ fn measure_point(
         point: *point,
         skipped: None,
         runs,
+        stolen_seconds: None,
+        wall_seconds: 0.0,
     }
 }
 

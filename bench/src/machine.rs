@@ -55,6 +55,18 @@ impl Machine {
     }
 }
 
+/// CPU seconds the hypervisor has taken from this machine's CPUs since boot (the `steal`
+/// column of /proc/stat): time a virtual CPU wanted to run and could not, because the host
+/// ran something else. None where the kernel does not say.
+pub fn stolen_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
+}
+
 /// Now as `YYYY-MM-DD HH:MM UTC`.
 fn utc_now() -> String {
     let secs = std::time::SystemTime::now()

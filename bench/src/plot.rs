@@ -176,9 +176,7 @@ fn tick(v: f64, step: f64) -> String {
 }
 
 fn color(name: &str, index: usize) -> &'static str {
-    const PALETTE: [&str; 6] = [
-        "#8c564b", "#9467bd", "#17becf", "#bcbd22", "#e377c2", "#7f7f7f",
-    ];
+    const PALETTE: [&str; 3] = ["#bcbd22", "#e377c2", "#7f7f7f"];
     match name {
         "fio" => "#222222",
         "raw" => "#2ca02c",
@@ -186,6 +184,9 @@ fn color(name: &str, index: usize) -> &'static str {
         "pread" => "#d62728",
         "stripefs" => "#1f77b4",
         "stripefs-poll" => "#6baed6",
+        "fuse" => "#8c564b",
+        "stripefs-file" => "#9467bd",
+        "cross-process" => "#17becf",
         _ => PALETTE[index % PALETTE.len()],
     }
 }

@@ -38,14 +38,33 @@ pub struct Report {
     pub costs: Option<CostsOutcome>,
     pub targets: Vec<Check>,
     pub wall_seconds: f64,
+    /// CPU seconds the hypervisor took from this machine during the run (all CPUs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stolen_seconds: Option<f64>,
+}
+
+/// "hypervisor took 12% of the CPU time", when it took any noticeable share.
+pub fn stolen_note(stolen: Option<f64>, wall: f64, cpus: usize) -> Option<String> {
+    let share = stolen? / (wall * cpus.max(1) as f64).max(1e-9);
+    (share >= 0.01).then(|| {
+        format!(
+            "the hypervisor took {:.0}% of this machine's CPU time ({:.1} CPU s stolen in {:.1} s)",
+            share * 100.0,
+            stolen.unwrap_or(0.0),
+            wall
+        )
+    })
 }
 
 const HEADER: &str =
     "  engine            GB/s       IOPS  cores  CPU s/GiB    p50 us    p99 us  stripefs/this";
 
 /// The table of one point.
-pub fn point_table(r: &PointResult) -> String {
+pub fn point_table(r: &PointResult, cpus: usize) -> String {
     let mut s = format!("{}\n", r.point.label());
+    if let Some(note) = stolen_note(r.stolen_seconds, r.wall_seconds, cpus) {
+        let _ = writeln!(s, "  ({note})");
+    }
     if let Some(reason) = &r.skipped {
         let _ = writeln!(s, "  skipped: {reason}");
         return s;
@@ -158,22 +177,80 @@ const SUMMARY_COLUMNS: [&str; 12] = [
     "p99 sfs",
 ];
 
-/// The closing summary for the terminal.
-pub fn summary(report: &Report) -> String {
-    let mut s = String::from(
-        "\nSummary (GB/s; IOPS for random reads; /X = stripefs over X; CPU s per GiB; p99 in us)\n",
+/// One line per point with the file engines: columns of [`FILE_COLUMNS`].
+fn file_cells(r: &PointResult) -> Vec<String> {
+    let random = r.point.workload.access == crate::workload::Access::RandRead;
+    let headline = |e: EngineId| {
+        let m = r.get(e);
+        if random {
+            opt(m, Measurement::iops, count)
+        } else {
+            opt(m, Measurement::gbps, |v| format!("{v:.3}"))
+        }
+    };
+    let over = |a: EngineId, b: EngineId| {
+        r.ratio(a, b)
+            .map_or_else(|| "-".into(), |x| format!("{x:.2}"))
+    };
+    let cpu = |e: EngineId| opt(r.get(e), Measurement::cpu_per_gib, |v| format!("{v:.3}"));
+    let p99 = |e: EngineId| opt(r.get(e), |m| m.p99_us, |v| format!("{v:.0}"));
+    let (fuse, file, xproc) = (
+        EngineId::Fuse,
+        EngineId::StripefsFile,
+        EngineId::CrossProcess,
     );
-    let rows: Vec<Vec<String>> = report
-        .points
-        .iter()
-        .filter(|r| r.skipped.is_none())
-        .map(summary_cells)
-        .collect();
-    let widths: Vec<usize> = (0..SUMMARY_COLUMNS.len())
+    vec![
+        r.point.label(),
+        headline(fuse),
+        headline(file),
+        headline(xproc),
+        headline(EngineId::Stripefs),
+        over(file, fuse),
+        over(xproc, file),
+        over(file, EngineId::Stripefs),
+        cpu(fuse),
+        cpu(file),
+        cpu(xproc),
+        p99(fuse),
+        p99(file),
+        p99(xproc),
+    ]
+}
+
+const FILE_COLUMNS: [&str; 14] = [
+    "point",
+    "fuse",
+    "sfs-file",
+    "xproc",
+    "stripefs",
+    "file/fuse",
+    "xproc/file",
+    "file/sfs",
+    "cpu/GiB fuse",
+    "cpu/GiB file",
+    "cpu/GiB xproc",
+    "p99 fuse",
+    "p99 file",
+    "p99 xproc",
+];
+
+/// Points where the file engines ran.
+fn file_points(points: &[PointResult]) -> impl Iterator<Item = &PointResult> {
+    points.iter().filter(|r| {
+        r.skipped.is_none()
+            && r.runs
+                .iter()
+                .any(|run| run.engine.uses_files() && run.outcome.measured().is_some())
+    })
+}
+
+/// `rows` under `columns`, aligned: the first column to the left, the others to the right.
+fn aligned(columns: &[&str], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..columns.len())
         .map(|i| {
             rows.iter()
                 .map(|r| r[i].len())
-                .chain([SUMMARY_COLUMNS[i].len()])
+                .chain([columns[i].len()])
                 .max()
                 .unwrap_or(0)
         })
@@ -189,13 +266,57 @@ pub fn summary(report: &Report) -> String {
         }
         l
     };
-    let head: Vec<String> = SUMMARY_COLUMNS.iter().map(|c| c.to_string()).collect();
+    let head: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+    let mut s = String::new();
     let _ = writeln!(s, "{}", line(&head));
-    for r in &rows {
+    for r in rows {
         let _ = writeln!(s, "{}", line(r));
+    }
+    s
+}
+
+/// The closing summary for the terminal.
+pub fn summary(report: &Report) -> String {
+    let mut s = String::from(
+        "\nSummary (GB/s; IOPS for random reads; /X = stripefs over X; CPU s per GiB; p99 in us)\n",
+    );
+    let rows: Vec<Vec<String>> = report
+        .points
+        .iter()
+        .filter(|r| r.skipped.is_none())
+        .map(summary_cells)
+        .collect();
+    s.push_str(&aligned(&SUMMARY_COLUMNS, &rows));
+    let rows: Vec<Vec<String>> = file_points(&report.points).map(file_cells).collect();
+    if !rows.is_empty() {
+        s.push_str(
+            "\nThe file of a stripefs on the same devices: through FUSE (fuse), registered in-process\n(sfs-file), registered from another process (xproc); stripefs = the striped devices\nwithout the filesystem. a/b = throughput of a over b; xproc CPU = client + daemon.\n",
+        );
+        s.push_str(&aligned(&FILE_COLUMNS, &rows));
     }
     s.push_str(&costs_text(report));
     s.push_str(&targets_text(&report.targets));
+    s.push_str(&stolen_text(report));
+    s
+}
+
+fn stolen_text(report: &Report) -> String {
+    let cpus = report.machine.cpus;
+    let mut s = match stolen_note(report.stolen_seconds, report.wall_seconds, cpus) {
+        Some(note) => format!("\nDuring the run, {note}.\n"),
+        None => return String::new(),
+    };
+    let noisy: Vec<String> = report
+        .points
+        .iter()
+        .filter_map(|r| {
+            let share = r.stolen_seconds? / (r.wall_seconds * cpus.max(1) as f64).max(1e-9);
+            (share >= 0.05).then(|| format!("{} ({:.0}%)", r.point.label(), share * 100.0))
+        })
+        .collect();
+    if !noisy.is_empty() {
+        let _ = writeln!(s, "Points that lost 5% or more: {}", noisy.join(", "));
+    }
     s
 }
 
@@ -236,7 +357,7 @@ fn costs_text(report: &Report) -> String {
 fn targets_text(checks: &[Check]) -> String {
     let mut s = String::from("\nTargets (issue 5)\n");
     for c in checks {
-        let ratio = c.ratio.map_or_else(String::new, |r| format!(" {r:.2}x"));
+        let ratio = c.ratio.map_or_else(String::new, |r| format!(" {r:.3}x"));
         let _ = writeln!(
             s,
             "  [{}]{ratio}  {} -- {}",
@@ -283,9 +404,23 @@ pub fn markdown(report: &Report) -> String {
         }
         s.push('\n');
     }
+    let rows: Vec<Vec<String>> = file_points(&report.points).map(file_cells).collect();
+    if !rows.is_empty() {
+        let _ = writeln!(
+            s,
+            "#### the file: fuse, registered in-process, cross-process\n"
+        );
+        let _ = writeln!(s, "| {} |", FILE_COLUMNS.join(" | "));
+        let _ = writeln!(s, "|{}", "---|".repeat(FILE_COLUMNS.len()));
+        for r in rows {
+            let _ = writeln!(s, "| {} |", r.join(" | "));
+        }
+        s.push('\n');
+    }
     s.push_str("```\n");
     s.push_str(costs_text(report).trim_start());
     s.push_str(&targets_text(&report.targets));
+    s.push_str(&stolen_text(report));
     s.push_str("```\n");
     s
 }

@@ -23,6 +23,11 @@ pub struct PointResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
     pub runs: Vec<EngineRun>,
+    /// CPU seconds the hypervisor took from this machine while the point ran (all CPUs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stolen_seconds: Option<f64>,
+    /// Wall seconds the point took (set-up included).
+    pub wall_seconds: f64,
 }
 
 impl PointResult {

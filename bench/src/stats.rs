@@ -172,7 +172,9 @@ impl ThreadTimes {
 
 /// The group a thread belongs to, by name: the stripefs device reapers, the kernel's io_uring
 /// workers (io-wq, which run requests that could not be issued without blocking), the pread
-/// pool, or the main (submitting) thread.
+/// pool, the FUSE threads serving the mount (`fuser-N`), the control endpoint's threads
+/// (`stripefs ctl …`: ring and workers of a client), the threads issuing blocking file
+/// requests (`reader N`), or the main (submitting) thread and anything else.
 pub fn thread_group(name: &str) -> &'static str {
     if name.starts_with("reaper") {
         "reaper"
@@ -180,6 +182,12 @@ pub fn thread_group(name: &str) -> &'static str {
         "io-wq"
     } else if name.starts_with("pread") {
         "pread"
+    } else if name.starts_with("fuser-") {
+        "fuse"
+    } else if name.starts_with("stripefs ctl") {
+        "control"
+    } else if name.starts_with("reader") {
+        "reader"
     } else {
         "main"
     }

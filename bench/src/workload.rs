@@ -84,6 +84,10 @@ pub struct Point {
     pub kind: Kind,
     pub devices: usize,
     pub workload: Workload,
+    /// Whether the engines that read a file of a mounted stripefs (FUSE, registered reads
+    /// of the file in-process and from another process) run here too. They need a
+    /// filesystem on the devices, so the plan picks a subset of the read points.
+    pub files: bool,
 }
 
 impl Point {
@@ -110,12 +114,13 @@ pub fn plan(quick: bool, counts: &[usize], disk: Kind, ram: Option<Kind>) -> Vec
         return quick_plan(disk, ram);
     }
     let mut points = Vec::new();
-    let mut add = |sweep, kind, devices, access, bs, qd| {
+    let mut add = |sweep, kind, devices, access, bs, qd, files| {
         points.push(Point {
             sweep,
             kind,
             devices,
             workload: Workload { access, bs, qd },
+            files,
         })
     };
     let block_kinds: Vec<Kind> = [Some(Kind::File), Some(disk), ram]
@@ -127,85 +132,112 @@ pub fn plan(quick: bool, counts: &[usize], disk: Kind, ram: Option<Kind>) -> Vec
             }
             v
         });
-    for &kind in &block_kinds {
-        for &n in counts {
-            add(Sweep::Scaling, kind, n, Access::SeqRead, M, 8);
-        }
-    }
     let wide = counts
         .iter()
         .copied()
         .filter(|&n| n <= 4)
         .max()
         .unwrap_or(1);
-    for (kind, sizes) in [(Some(disk), &[128 * K, M][..]), (ram, &[128 * K][..])] {
+    // The file engines run on the disk-bound and the memory-backed kinds at the widest
+    // count; on `file` only when it is the disk-bound kind (no loop devices).
+    for &kind in &block_kinds {
+        for &n in counts {
+            let files = n == wide && (kind != Kind::File || disk == Kind::File);
+            add(Sweep::Scaling, kind, n, Access::SeqRead, M, 8, files);
+        }
+    }
+    // Queue depth: the file engines on the disk at 1 MiB (CPU per GiB is what differs there)
+    // and on memory at 128 KiB (throughput), including QD 32 (the cross-process target).
+    for (kind, bs, depths) in [
+        (Some(disk), 128 * K, &[1, 4, 16, 64][..]),
+        (Some(disk), M, &[1, 4, 16, 64][..]),
+        (ram, 128 * K, &[1, 4, 16, 32, 64][..]),
+    ] {
         let Some(kind) = kind else { continue };
-        for &bs in sizes {
-            for qd in [1, 4, 16, 64] {
-                add(Sweep::QueueDepth, kind, wide, Access::SeqRead, bs, qd);
-            }
+        for &qd in depths {
+            let files = bs == M || Some(kind) == ram;
+            add(
+                Sweep::QueueDepth,
+                kind,
+                wide,
+                Access::SeqRead,
+                bs,
+                qd,
+                files,
+            );
         }
     }
     for kind in [Some(disk), ram].into_iter().flatten() {
         for qd in [1, 8, 32, 128] {
-            add(Sweep::Random, kind, wide, Access::RandRead, 4 * K, qd);
+            let files = qd == 1 || qd == 32;
+            add(
+                Sweep::Random,
+                kind,
+                wide,
+                Access::RandRead,
+                4 * K,
+                qd,
+                files,
+            );
         }
-        add(Sweep::Write, kind, wide, Access::SeqWrite, M, 8);
+        add(Sweep::Write, kind, wide, Access::SeqWrite, M, 8, false);
     }
     for &n in counts {
-        add(Sweep::EmuScaling, Kind::EmuCapped, n, Access::SeqRead, M, 8);
+        add(
+            Sweep::EmuScaling,
+            Kind::EmuCapped,
+            n,
+            Access::SeqRead,
+            M,
+            8,
+            false,
+        );
     }
-    add(
-        Sweep::EmuMem,
-        Kind::EmuMem,
-        wide,
-        Access::SeqRead,
-        128 * K,
-        32,
-    );
-    add(Sweep::EmuMem, Kind::EmuMem, wide, Access::SeqRead, M, 8);
-    add(
-        Sweep::EmuMem,
-        Kind::EmuMem,
-        wide,
-        Access::RandRead,
-        4 * K,
-        32,
-    );
+    for (access, bs, qd) in [
+        (Access::SeqRead, 128 * K, 32),
+        (Access::SeqRead, M, 8),
+        (Access::RandRead, 4 * K, 32),
+    ] {
+        add(Sweep::EmuMem, Kind::EmuMem, wide, access, bs, qd, true);
+    }
     points
 }
 
 fn quick_plan(disk: Kind, ram: Option<Kind>) -> Vec<Point> {
-    let p = |sweep, kind, devices, access, bs, qd| Point {
+    let p = |sweep, kind, devices, access, bs, qd, files| Point {
         sweep,
         kind,
         devices,
         workload: Workload { access, bs, qd },
+        files,
     };
     let mut points = vec![
-        p(Sweep::Scaling, disk, 2, Access::SeqRead, M, 8),
-        p(Sweep::Random, disk, 2, Access::RandRead, 4 * K, 32),
-        p(Sweep::Write, disk, 2, Access::SeqWrite, M, 8),
+        p(Sweep::Scaling, disk, 2, Access::SeqRead, M, 8, true),
+        p(Sweep::Random, disk, 2, Access::RandRead, 4 * K, 32, true),
+        p(Sweep::Write, disk, 2, Access::SeqWrite, M, 8, false),
     ];
     if let Some(ram) = ram {
-        points.push(p(Sweep::QueueDepth, ram, 2, Access::SeqRead, 128 * K, 32));
+        points.push(p(
+            Sweep::QueueDepth,
+            ram,
+            2,
+            Access::SeqRead,
+            128 * K,
+            32,
+            true,
+        ));
     }
-    points.push(p(
-        Sweep::EmuScaling,
-        Kind::EmuCapped,
-        1,
-        Access::SeqRead,
-        M,
-        8,
-    ));
-    points.push(p(
-        Sweep::EmuScaling,
-        Kind::EmuCapped,
-        8,
-        Access::SeqRead,
-        M,
-        8,
-    ));
+    for n in [1, 8] {
+        points.push(p(
+            Sweep::EmuScaling,
+            Kind::EmuCapped,
+            n,
+            Access::SeqRead,
+            M,
+            8,
+            false,
+        ));
+    }
     points.push(p(
         Sweep::EmuMem,
         Kind::EmuMem,
@@ -213,6 +245,7 @@ fn quick_plan(disk: Kind, ram: Option<Kind>) -> Vec<Point> {
         Access::SeqRead,
         128 * K,
         32,
+        true,
     ));
     points
 }

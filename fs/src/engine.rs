@@ -336,6 +336,12 @@ impl IoContext {
     fn take_done(&mut self) {
         let mut done = self.shared.done.lock();
         self.ready.extend(done.drain(..));
+        drop(done);
+        if self.ready.len() == self.slots.len() - self.free.len() {
+            // Nothing left in flight: let go of the devices, so that closing a volume or a
+            // filesystem really closes them (a context may live as long as its thread).
+            self.touched.clear();
+        }
     }
 
     /// Sleeps until a touched ring posts a completion, another thread finishes one of our

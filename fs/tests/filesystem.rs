@@ -556,3 +556,35 @@ fn a_full_metadata_area_refuses_changes_instead_of_losing_them() {
         Err(FsError::NotSupported { .. })
     ));
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn closing_a_filesystem_closes_its_devices() {
+    let d = devices(2, 32 << 20);
+    mkfs(&d, 64 << 10);
+    // Warm up this thread's lazily created state first.
+    Filesystem::open(&d.specs)
+        .expect("open")
+        .shutdown()
+        .expect("shutdown");
+    let before = open_fds();
+    for _ in 0..3 {
+        let fs = Filesystem::open(&d.specs).expect("open");
+        let f = fs
+            .create(ROOT, name("x"), 0o644, ME)
+            .or_else(|_| fs.lookup(ROOT, name("x")))
+            .expect("file");
+        fs.write(f.ino, 0, b"data").expect("write");
+        fs.shutdown().expect("shutdown");
+    }
+    assert_eq!(
+        open_fds(),
+        before,
+        "device descriptors (and rings) must not outlive the filesystem"
+    );
+}

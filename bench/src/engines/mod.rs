@@ -1,13 +1,17 @@
 //! The engines measured on each point: the limit (fio, our raw reader), the baselines
-//! (O_DIRECT pread, io_uring without fixed buffers, FUSE reads), and stripefs (in-process,
-//! and from another process once that exists). Every engine runs the same workload on the
-//! same devices for the same time and reports the same figures.
+//! (O_DIRECT pread, io_uring without fixed buffers, reads through the FUSE mount), and
+//! stripefs registered reads (of the striped devices, of a file in-process, and of the file
+//! from another process through the control endpoint). Every engine runs the same workload
+//! on the same devices for the same time and reports the same figures.
 
+mod file;
+pub(crate) mod files;
 mod fio;
-mod pending;
+mod fuse;
 mod pread;
 mod stripefs;
 mod uring;
+pub(crate) mod xproc;
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +21,7 @@ use crate::devices::{Kind, Target};
 use crate::stats::Measurement;
 use crate::workload::Workload;
 
+pub use files::Filesystems;
 pub use fio::fio_version;
 pub(crate) use stripefs::open_devices;
 
@@ -36,15 +41,18 @@ pub enum EngineId {
     Stripefs,
     /// stripefs registered reads, completions collected by spinning (IoContext::poll).
     StripefsPoll,
-    /// Buffered reads through the FUSE mount, cold cache.
+    /// Buffered reads of a file through the FUSE mount, cold cache.
     Fuse,
-    /// stripefs registered reads from another process through the control endpoint.
+    /// stripefs registered reads of the same file, in-process (Filesystem::read_registered).
+    StripefsFile,
+    /// stripefs registered reads of the same file from another process through the control
+    /// endpoint.
     CrossProcess,
 }
 
 impl EngineId {
     /// Every engine, in table order.
-    pub const ALL: [EngineId; 8] = [
+    pub const ALL: [EngineId; 9] = [
         EngineId::Fio,
         EngineId::Raw,
         EngineId::Uring,
@@ -52,6 +60,7 @@ impl EngineId {
         EngineId::Stripefs,
         EngineId::StripefsPoll,
         EngineId::Fuse,
+        EngineId::StripefsFile,
         EngineId::CrossProcess,
     ];
 
@@ -65,8 +74,18 @@ impl EngineId {
             EngineId::Stripefs => "stripefs",
             EngineId::StripefsPoll => "stripefs-poll",
             EngineId::Fuse => "fuse",
+            EngineId::StripefsFile => "stripefs-file",
             EngineId::CrossProcess => "cross-process",
         }
+    }
+
+    /// Whether the engine reads the file of a stripefs made on the devices (so it runs only
+    /// on the points the plan marks, and needs the devices to itself).
+    pub fn uses_files(self) -> bool {
+        matches!(
+            self,
+            EngineId::Fuse | EngineId::StripefsFile | EngineId::CrossProcess
+        )
     }
 
     /// Whether the engine takes part on devices of `kind`: path-based engines need paths;
@@ -82,7 +101,10 @@ impl EngineId {
     pub fn is_reference(self) -> bool {
         !matches!(
             self,
-            EngineId::Stripefs | EngineId::StripefsPoll | EngineId::CrossProcess
+            EngineId::Stripefs
+                | EngineId::StripefsPoll
+                | EngineId::StripefsFile
+                | EngineId::CrossProcess
         )
     }
 }
@@ -133,8 +155,8 @@ impl Outcome {
     }
 }
 
-/// Runs `engine` on `spec`.
-pub fn run(engine: EngineId, spec: &RunSpec<'_>) -> Outcome {
+/// Runs `engine` on `spec`; the file engines use (and make) the filesystem in `files`.
+pub fn run(engine: EngineId, spec: &RunSpec<'_>, files: &mut Filesystems) -> Outcome {
     let result = match engine {
         EngineId::Fio => fio::run(spec),
         EngineId::Raw => uring::run(spec, true),
@@ -142,8 +164,9 @@ pub fn run(engine: EngineId, spec: &RunSpec<'_>) -> Outcome {
         EngineId::Pread => pread::run(spec),
         EngineId::Stripefs => stripefs::run(spec, false),
         EngineId::StripefsPoll => stripefs::run(spec, true),
-        EngineId::Fuse => return pending::fuse(),
-        EngineId::CrossProcess => return pending::cross_process(),
+        EngineId::Fuse => fuse::run(spec, files),
+        EngineId::StripefsFile => file::run(spec, files),
+        EngineId::CrossProcess => xproc::run(spec, files),
     };
     match result {
         Ok(Ok(m)) => Outcome::Measured(m),

@@ -19,6 +19,8 @@ use crate::workload::{Offsets, Workload};
 
 /// Smallest stripe unit used: small random requests do not need smaller units.
 const MIN_UNIT: u64 = 128 << 10;
+/// Longest wait for block devices that a closed ring still holds.
+pub const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// The emulated devices' default maximum transfer (NVMe MDTS): requests are split at it.
 const EMU_MDTS: u64 = 128 << 10;
 
@@ -51,6 +53,7 @@ pub fn run(spec: &RunSpec<'_>, poll: bool) -> EngineResult {
 pub fn open_devices(target: &Target, w: Workload) -> Result<Vec<DeviceQueue>> {
     match &target.devices {
         Devices::Paths(paths) => {
+            crate::devices::wait_until_free(paths, BUSY_WAIT)?;
             let options = QueueOptions {
                 queue_depth: w.qd.max(64),
             };

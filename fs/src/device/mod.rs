@@ -503,10 +503,11 @@ impl DeviceShared {
             if let Some(id) = state.free.pop() {
                 return id;
             }
-            if *queued > 0 {
-                self.kick();
-                *queued = 0;
-            }
+            // Everything queued must be in the kernel before we sleep for a free slot: our
+            // own entries, and entries other requests deferred to a next completion.
+            self.deferred.store(false, Ordering::Release);
+            self.kick();
+            *queued = 0;
             self.space.wait(state);
         }
     }
