@@ -44,7 +44,7 @@ enum Command {
     Stat(control_cli::StatArgs),
     /// Measure registered I/O against fio, a raw io_uring reader and the baselines, on
     /// scratch devices.
-    Bench(stripefs_bench::BenchArgs),
+    Bench(Box<stripefs_bench::BenchArgs>),
 }
 
 fn main() {
