@@ -7,10 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::mount::Loops;
 use common::{KIB, MIB, Req};
 use stripefs_fs::{DeviceKind, DeviceQueue, Op, QueueOptions, Volume};
 use stripefs_layout::StripeUnit;
@@ -22,52 +23,6 @@ const UNIT: u64 = 64 * KIB;
 const SEED: u64 = 0x100b_5717_1fe5;
 /// Buffer offset = volume offset + SHIFT, so the two never coincide.
 const SHIFT: u64 = 12 * KIB;
-
-/// Loop devices attached by this test; detached on drop, also when the test fails.
-struct Loops {
-    devices: Vec<PathBuf>,
-}
-
-impl Loops {
-    fn attach(files: &[PathBuf]) -> Loops {
-        let mut loops = Loops {
-            devices: Vec::new(),
-        };
-        for file in files {
-            let out = Command::new("losetup")
-                .args(["--find", "--show", "--direct-io=on"])
-                .arg(file)
-                .output()
-                .expect("run losetup");
-            assert!(
-                out.status.success(),
-                "losetup --find --show --direct-io=on {} failed: {}",
-                file.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            assert!(dev.starts_with("/dev/loop"), "losetup printed `{dev}`");
-            loops.devices.push(PathBuf::from(dev));
-        }
-        loops
-    }
-}
-
-impl Drop for Loops {
-    fn drop(&mut self) {
-        for dev in &self.devices {
-            match Command::new("losetup").arg("-d").arg(dev).output() {
-                Ok(out) if out.status.success() => {}
-                Ok(out) => eprintln!(
-                    "losetup -d {} failed: {}",
-                    dev.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-                Err(e) => eprintln!("losetup -d {}: {e}", dev.display()),
-            }
-        }
-    }
-}
 
 /// Why this host cannot run the test, if it cannot.
 fn missing_prerequisite() -> Option<String> {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use stripefs_fs::spec::format_size;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -134,7 +135,7 @@ impl Lab {
         if wants(&[Kind::File, Kind::Loop]) {
             say(&format!(
                 "writing {n} scratch files of {} on the disk",
-                human(size)
+                format_size(size)
             ));
             let dir = tempfile::Builder::new()
                 .prefix("stripefs-bench-")
@@ -144,7 +145,10 @@ impl Lab {
             lab._disk_dir = Some(dir);
         }
         if wants(&[Kind::RamLoop]) && lab.available(Kind::RamLoop) {
-            say(&format!("writing {n} files of {} in /dev/shm", human(size)));
+            say(&format!(
+                "writing {n} files of {} in /dev/shm",
+                format_size(size)
+            ));
             let dir = tempfile::Builder::new()
                 .prefix("stripefs-bench-")
                 .tempdir_in("/dev/shm")
@@ -349,24 +353,6 @@ impl Drop for LoopDevice {
                 self.path.display()
             );
         }
-    }
-}
-
-/// Bytes in binary units, for people.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else if value.fract() == 0.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

@@ -6,13 +6,13 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::costs::CostsOutcome;
-use crate::devices::human;
 use crate::engines::{EngineId, Outcome};
 use crate::machine::Machine;
 use crate::results::PointResult;
 use crate::stats::Measurement;
 use crate::targets::{Check, Verdict};
 use crate::workload::Sweep;
+use stripefs_fs::spec::format_size;
 
 /// Settings that shape the figures.
 #[derive(Clone, Debug, Serialize)]
@@ -338,7 +338,7 @@ fn costs_text(report: &Report) -> String {
         let _ = writeln!(
             s,
             "\nRegistration ({} buffer against {} {} devices): pages created in {:.1} ms, registered in {:.1} ms, unregistered in {:.1} ms",
-            human(c.buffer_bytes),
+            format_size(c.buffer_bytes),
             c.devices,
             c.kind,
             c.page_creation_ms,
