@@ -5,6 +5,7 @@
 //! submission clones `Arc`s and takes per-device and per-context locks only.
 
 use std::cell::RefCell;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -83,6 +84,10 @@ pub struct Completion {
     pub result: Result<u64, Error>,
 }
 
+/// A file's data lock, held shared by a file read in flight (so that a truncate or a
+/// write cannot move the blocks it reads) and let go when the read completes.
+pub(crate) type FileHold = parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, ()>;
+
 struct ContextShared {
     done: Mutex<Vec<u32>>,
     /// Set while the context's owner is blocked; a finisher then rings `wake`.
@@ -98,6 +103,8 @@ pub(crate) struct RequestSlot {
     remaining: AtomicU32,
     error: Mutex<Option<Error>>,
     guard: Mutex<Option<MapGuard>>,
+    /// For file requests: the file's data lock, held until the request completes.
+    hold: Mutex<Option<FileHold>>,
     len: AtomicU64,
     tag: AtomicU64,
 }
@@ -135,6 +142,7 @@ impl RequestSlot {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             // Unpin the mapping first: a migration waiting for this request may go on.
             drop(self.guard.lock().take());
+            drop(self.hold.lock().take());
             self.ctx.done.lock().push(self.index);
             if self.ctx.waiting.load(Ordering::SeqCst) {
                 self.ctx.wake.signal();
@@ -195,6 +203,7 @@ impl IoContext {
                     remaining: AtomicU32::new(0),
                     error: Mutex::new(None),
                     guard: Mutex::new(None),
+                    hold: Mutex::new(None),
                     len: AtomicU64::new(0),
                     tag: AtomicU64::new(0),
                 })
@@ -228,18 +237,20 @@ impl IoContext {
             request.op,
             request.tag,
             request.len,
+            None,
             |fan| volume.plan(&request, fan),
         )
     }
 
     /// Starts a validated request whose device commands `plan` issues through a [`FanOut`].
-    /// `len` is what the completion reports on success.
+    /// `len` is what the completion reports on success; `hold` is let go when it completes.
     pub(crate) fn submit_with(
         &mut self,
         mapping: &Mapping,
         op: Op,
         tag: u64,
         len: u64,
+        hold: Option<FileHold>,
         plan: impl FnOnce(&mut FanOut<'_>),
     ) -> Result<(), Error> {
         let Some(index) = self.free.pop() else {
@@ -256,6 +267,7 @@ impl IoContext {
             }
         };
         slot.begin(tag, len);
+        *slot.hold.lock() = hold;
         plan(&mut FanOut {
             op,
             guard: &guard,
@@ -286,34 +298,53 @@ impl IoContext {
             if self.in_flight() == 0 {
                 return None;
             }
-            self.fetch(1);
+            self.fetch(1, None);
         }
         let index = self.ready.pop()?;
         self.free.push(index);
         Some(self.slots[index as usize].take_completion())
     }
 
+    /// Blocks until a request finishes or `fd` becomes readable (or a short tick passes),
+    /// and collects every finished request. For a thread that serves another source of work
+    /// too (a socket, a doorbell) without a second thread.
+    pub fn wait_or_readable(&mut self, fd: BorrowedFd<'_>, out: &mut Vec<Completion>) -> usize {
+        self.fetch(0, None);
+        let mut n = self.drain_ready(out);
+        if n == 0 && self.in_flight() > 0 {
+            self.fetch(1, Some(fd.as_raw_fd()));
+            n = self.drain_ready(out);
+        }
+        n
+    }
+
     fn collect(&mut self, min: usize, out: &mut Vec<Completion>) -> usize {
         let mut n = 0;
         loop {
-            self.fetch(0);
-            while let Some(index) = self.ready.pop() {
-                self.free.push(index);
-                out.push(self.slots[index as usize].take_completion());
-                n += 1;
-            }
+            self.fetch(0, None);
+            n += self.drain_ready(out);
             if n >= min {
                 return n;
             }
-            self.fetch(1);
+            self.fetch(1, None);
         }
     }
 
-    /// Moves finished slot indices into `ready`, waiting until there are at least `min`.
-    /// While waiting, this thread drains the rings of the devices it used itself: io_uring
-    /// posts a command's completion from its submitter's task work, so the submitter is
-    /// where the completion is cheapest to handle.
-    fn fetch(&mut self, min: usize) {
+    fn drain_ready(&mut self, out: &mut Vec<Completion>) -> usize {
+        let mut n = 0;
+        while let Some(index) = self.ready.pop() {
+            self.free.push(index);
+            out.push(self.slots[index as usize].take_completion());
+            n += 1;
+        }
+        n
+    }
+
+    /// Moves finished slot indices into `ready`, waiting until there are at least `min` (or
+    /// until `extra` is readable). While waiting, this thread drains the rings of the devices
+    /// it used itself: io_uring posts a command's completion from its submitter's task work,
+    /// so the submitter is where the completion is cheapest to handle.
+    fn fetch(&mut self, min: usize, extra: Option<RawFd>) {
         loop {
             self.take_done();
             if self.ready.len() >= min {
@@ -329,7 +360,10 @@ impl IoContext {
             if min == 0 {
                 return;
             }
-            self.block();
+            if self.block(extra) {
+                self.take_done();
+                return;
+            }
         }
     }
 
@@ -345,12 +379,13 @@ impl IoContext {
     }
 
     /// Sleeps until a touched ring posts a completion, another thread finishes one of our
-    /// requests, or a held completion falls due.
-    fn block(&mut self) {
+    /// requests, a held completion falls due, or `extra` is readable; returns whether
+    /// `extra` was.
+    fn block(&mut self, extra: Option<RawFd>) -> bool {
         self.shared.waiting.store(true, Ordering::SeqCst);
         if !self.shared.done.lock().is_empty() {
             self.shared.waiting.store(false, Ordering::SeqCst);
-            return;
+            return false;
         }
         self.pollfds.clear();
         self.pollfds.push(notify::readable(self.shared.wake.raw()));
@@ -362,6 +397,9 @@ impl IoContext {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+        }
+        if let Some(fd) = extra {
+            self.pollfds.push(notify::readable(fd));
         }
         let timeout = due
             .map(|t| t.saturating_duration_since(std::time::Instant::now()))
@@ -379,6 +417,7 @@ impl IoContext {
         if self.pollfds[0].revents != 0 {
             self.shared.wake.clear();
         }
+        extra.is_some() && self.pollfds.last().is_some_and(|p| p.revents != 0)
     }
 }
 
@@ -443,7 +482,7 @@ fn run_on(
     len: u64,
     plan: impl FnOnce(&mut FanOut<'_>),
 ) -> Result<u64, Error> {
-    ctx.submit_with(mapping, op, 0, len, plan)?;
+    ctx.submit_with(mapping, op, 0, len, None, plan)?;
     match ctx.wait_one() {
         Some(c) => c.result,
         None => Err(Error::ContextFull { depth: 1 }),

@@ -24,6 +24,6 @@ mod volume;
 pub use device::{DeviceKind, DeviceQueue, DeviceStats, Faults, QueueOptions};
 pub use engine::{Completion, IoContext, Request};
 pub use error::{Error, Op};
-pub use filesystem::{Filesystem, FsError, MkfsOptions};
+pub use filesystem::{FileRead, Filesystem, FsError, MkfsOptions};
 pub use spec::DeviceSpec;
 pub use volume::Volume;

@@ -588,3 +588,189 @@ fn closing_a_filesystem_closes_its_devices() {
         "device descriptors (and rings) must not outlive the filesystem"
     );
 }
+
+/// The bytes a read of `len` at `offset` must return from a file whose contents are `model`.
+fn expected(model: &[u8], offset: u64, len: u64) -> &[u8] {
+    let start = (offset as usize).min(model.len());
+    let end = (offset.saturating_add(len) as usize).min(model.len());
+    &model[start..end]
+}
+
+#[test]
+fn asynchronous_registered_reads_keep_many_in_flight_with_exact_data() {
+    use stripefs_fs::{Completion, FileRead, IoContext};
+
+    let d = devices(3, 64 << 20);
+    mkfs(&d, 64 << 10);
+    let fs: Arc<Filesystem> = Filesystem::open(&d.specs).expect("open");
+    let f = fs.create(ROOT, name("data"), 0o644, ME).expect("create");
+    // 0..2M+777 written, a hole up to 5M, then 100K+5 written: size 5M+100K+5.
+    let head = data(21, (2 << 20) + 777);
+    let tail = data(22, (100 << 10) + 5);
+    fs.write(f.ino, 0, &head).expect("write head");
+    fs.write(f.ino, 5 << 20, &tail).expect("write tail");
+    let mut model = head.clone();
+    model.resize(5 << 20, 0);
+    model.extend_from_slice(&tail);
+
+    let buffer = Buffer::new(16 << 20).expect("buffer");
+    buffer.write_at(0, &vec![0xeeu8; 16 << 20]).expect("poison");
+    let mapping = fs.register(f.ino, &buffer).expect("register");
+    // (file offset, length, buffer offset shift from the slot start)
+    let reads: Vec<(u64, u64, u64)> = vec![
+        (0, 4096, 0),
+        (0, 1 << 20, 0),
+        (64 << 10, 192 << 10, 0),          // across stripe units and devices
+        (4096 * 3, 4096 * 70, 0),          // unaligned to units, aligned to blocks
+        (1000, 100_000, 1000),             // bounced head and tail, aligned middle
+        (1000, 100_000, 0),                // offsets differ modulo the block: all bounced
+        ((2 << 20) - 4096, 3 * 4096, 0),   // data, then the hole
+        (3 << 20, 256 << 10, 0),           // inside the hole: zeros
+        ((5 << 20) - 8192, 64 << 10, 0),   // hole, then data
+        ((5 << 20) + (96 << 10), 8192, 0), // crosses the end of the file: short
+        ((5 << 20) + (200 << 10), 4096, 0), // past the end: 0 bytes
+        (7, 3, 7),                         // tiny, inside one block
+    ];
+    let slot = 1u64 << 20;
+    let mut ctx = IoContext::new(4);
+    let mut done: Vec<Completion> = Vec::new();
+    let mut next = 0;
+    let mut results: Vec<Option<u64>> = vec![None; reads.len()];
+    while next < reads.len() || ctx.in_flight() > 0 {
+        while next < reads.len() && ctx.in_flight() < ctx.depth() {
+            let (offset, len, shift) = reads[next];
+            let read = FileRead {
+                offset,
+                buffer_offset: next as u64 * slot + shift,
+                len,
+                tag: next as u64,
+            };
+            fs.submit_read(&mut ctx, &mapping, read)
+                .unwrap_or_else(|e| panic!("submit {read:?}: {e}"));
+            next += 1;
+        }
+        done.clear();
+        ctx.wait(1, &mut done);
+        for c in &done {
+            let n = c.result.as_ref().expect("read completes");
+            results[c.tag as usize] = Some(*n);
+        }
+    }
+    for (i, &(offset, len, shift)) in reads.iter().enumerate() {
+        let want = expected(&model, offset, len);
+        assert_eq!(results[i], Some(want.len() as u64), "read {i} length");
+        let mut got = vec![0u8; want.len()];
+        buffer
+            .read_at(i as u64 * slot + shift, &mut got)
+            .expect("copy out");
+        assert!(got == want, "read {i} ({offset}+{len}) bytes");
+        // Nothing past the bytes read was written (when the slot has room after them).
+        if shift + want.len() as u64 >= slot {
+            continue;
+        }
+        let mut after = [0u8; 1];
+        buffer
+            .read_at(i as u64 * slot + shift + want.len() as u64, &mut after)
+            .expect("copy out");
+        assert_eq!(after[0], 0xee, "read {i} wrote past its bytes");
+    }
+
+    // Refused at submission, touching nothing: outside the buffer, a full context, a
+    // mapping that is not a registration of this filesystem.
+    let outside = FileRead {
+        offset: 0,
+        buffer_offset: (16 << 20) - 4096,
+        len: 8192,
+        tag: 0,
+    };
+    assert!(matches!(
+        fs.submit_read(&mut ctx, &mapping, outside),
+        Err(FsError::Device(stripefs_fs::Error::OutOfBuffer { .. }))
+    ));
+    let mut one = IoContext::new(1);
+    let ok = FileRead {
+        offset: 0,
+        buffer_offset: 0,
+        len: 4096,
+        tag: 1,
+    };
+    fs.submit_read(&mut one, &mapping, ok).expect("first");
+    assert!(matches!(
+        fs.submit_read(&mut one, &mapping, ok),
+        Err(FsError::Device(stripefs_fs::Error::ContextFull {
+            depth: 1
+        }))
+    ));
+    assert_eq!(one.wait_one().map(|c| c.result.ok()), Some(Some(4096)));
+    let other = Buffer::new(1 << 20).expect("buffer");
+    let stranger = stripefs_mapping::Mapping::register(&other, 7, Vec::new()).expect("mapping");
+    assert!(matches!(
+        fs.submit_read(&mut one, &stranger, ok),
+        Err(FsError::UnknownMapping { .. })
+    ));
+    fs.unregister(&mapping).expect("unregister");
+    assert!(fs.submit_read(&mut one, &mapping, ok).is_err());
+    assert_eq!(one.in_flight(), 0);
+}
+
+#[test]
+fn a_truncate_waits_for_asynchronous_reads_of_the_blocks_it_frees() {
+    use stripefs_fs::{FileRead, IoContext};
+
+    // Emulated devices with 150 ms per command: a read stays in flight long enough to see
+    // whether the truncate waited for it.
+    let dir = tempfile::tempdir_in("/var/tmp").expect("scratch dir");
+    let specs: Vec<DeviceSpec> = (0..2)
+        .map(|i| {
+            let path = dir.path().join(format!("e{i}.img"));
+            format!("emu:{},size=64M", path.display())
+                .parse()
+                .expect("spec")
+        })
+        .collect();
+    filesystem::mkfs(&specs, &MkfsOptions::default()).expect("mkfs");
+    let slow: Vec<DeviceSpec> = specs
+        .iter()
+        .map(|s| format!("{s},lat=150ms").parse().expect("spec"))
+        .collect();
+    let fs: Arc<Filesystem> = Filesystem::open(&slow).expect("open");
+    let f = fs.create(ROOT, name("f"), 0o644, ME).expect("create");
+    let contents = data(31, 1 << 20);
+    fs.write(f.ino, 0, &contents).expect("write");
+    let buffer = Buffer::new(1 << 20).expect("buffer");
+    let mapping = fs.register(f.ino, &buffer).expect("register");
+    let mut ctx = IoContext::new(2);
+    let read = FileRead {
+        offset: 0,
+        buffer_offset: 0,
+        len: 1 << 20,
+        tag: 5,
+    };
+    let submitted = std::time::Instant::now();
+    fs.submit_read(&mut ctx, &mapping, read).expect("submit");
+    let truncated = std::thread::scope(|s| {
+        let truncater = s.spawn(|| {
+            fs.setattr(
+                f.ino,
+                &SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                },
+            )
+            .expect("truncate");
+            submitted.elapsed()
+        });
+        let c = ctx.wait_one().expect("completion");
+        assert_eq!(c.tag, 5);
+        assert_eq!(c.result.expect("read"), 1 << 20);
+        truncater.join().expect("truncater")
+    });
+    assert!(
+        truncated >= std::time::Duration::from_millis(140),
+        "the truncate returned after {truncated:?}, before the read in flight finished"
+    );
+    let mut got = vec![0u8; 1 << 20];
+    buffer.read_at(0, &mut got).expect("copy out");
+    assert!(got == contents, "the read returned the file as it was");
+    assert_eq!(fs.getattr(f.ino).expect("getattr").size, 0);
+}

@@ -37,8 +37,7 @@ use crate::workload::{Access, Offsets};
 pub const FILE_NAME: &str = "bench.dat";
 /// Stripe unit of the file: the `stripefs mkfs` default, what a user gets.
 pub const STRIPE_UNIT: u64 = 256 << 10;
-/// Most threads issuing blocking requests on the file (in-process engines), and most daemon
-/// workers serving the cross-process client: the control server's limit per connection.
+/// Most threads issuing blocking reads through the FUSE mount.
 pub const MAX_FILE_THREADS: usize = 32;
 /// Threads serving the FUSE mount: enough for every reader thread to have its request
 /// served at once.

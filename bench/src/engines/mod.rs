@@ -43,7 +43,7 @@ pub enum EngineId {
     StripefsPoll,
     /// Buffered reads of a file through the FUSE mount, cold cache.
     Fuse,
-    /// stripefs registered reads of the same file, in-process (Filesystem::read_registered).
+    /// stripefs registered reads of the same file, in-process (Filesystem::submit_read).
     StripefsFile,
     /// stripefs registered reads of the same file from another process through the control
     /// endpoint.

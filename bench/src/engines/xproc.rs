@@ -2,8 +2,8 @@
 //! program runs itself again as a client (`stripefs bench --cross-process-client SPEC`, a
 //! hidden option), which connects to the mount's control socket with `stripefs-client`,
 //! registers its own buffer against the file, and keeps `devices x QD` requests in flight on
-//! the shared ring (`Client::submit` / `Client::wait`), with `min(devices x QD, 32)` daemon
-//! workers running them. The client reports its requests, time, latencies and its own CPU
+//! the shared ring (`Client::submit` / `Client::wait`); the daemon's ring thread runs the
+//! (block-aligned) reads itself, asynchronously. The client reports its requests, time, latencies and its own CPU
 //! (getrusage); the daemon side (this process: the control server's threads, the device
 //! queues) is measured here over the same window. CPU figures add both.
 //!
@@ -21,7 +21,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use stripefs_client::{Client, ClientBuffer, ClientOptions, Completion, Op, Request};
 
-use super::files::{Filesystems, MAX_FILE_THREADS, Need};
+use super::files::{Filesystems, Need};
 use super::{Deadline, EngineResult, RunSpec, buffer_area};
 use crate::stats::{Detail, Histogram, Measurement, ThreadTimes, Usage};
 use crate::workload::{Access, Offsets};
@@ -86,7 +86,8 @@ pub fn run(spec: &RunSpec<'_>, filesystems: &mut Filesystems) -> EngineResult {
         random: w.access == Access::RandRead,
         bs: w.bs,
         depth: u32::try_from(depth).context("queue depth")?,
-        workers: depth.min(MAX_FILE_THREADS) as u32,
+        // Aligned reads never reach the workers (the ring thread runs them); one is enough.
+        workers: 1,
         seconds: spec.duration.as_secs_f64(),
         region: fs.file_size / w.bs * w.bs,
         buffer,

@@ -18,6 +18,8 @@ use super::proto::{
 use super::ring::{Cqe, Layout, NEED_WAKEUP, OP_READ, OP_WRITE, RingView, Sqe, WAITING};
 use super::server::ServerShared;
 use super::sys::{self, PeerCred};
+use crate::engine::{Completion, IoContext};
+use crate::filesystem::{BLOCK_SIZE, FileRead, FsError};
 
 /// Ring size when the client does not ask.
 const DEFAULT_ENTRIES: u32 = 128;
@@ -538,6 +540,8 @@ impl RingThreads {
     fn stop(mut self) {
         self.ring.stopping.store(true, Ordering::Release);
         sys::ring_doorbell(self.ring.stop.as_fd());
+        // The ring thread may be sleeping on its reads in flight and the client's doorbell.
+        sys::ring_doorbell(self.ring.sq_doorbell.as_fd());
         {
             let mut jobs = self.ring.jobs.lock();
             jobs.closed = true;
@@ -584,14 +588,129 @@ impl RingState {
     }
 }
 
+/// Reads the ring thread runs itself, on its own I/O context: aligned reads go from the
+/// devices into the client's buffer with no other thread involved. Everything else (writes,
+/// unaligned reads, which bounce and may block) goes to the workers.
+struct DirectReads {
+    ctx: IoContext,
+    /// By context tag: the registration (for its counter) and the client's tag.
+    pending: Vec<Option<(Arc<Registration>, u64)>>,
+    free: Vec<usize>,
+    done: Vec<Completion>,
+}
+
+impl DirectReads {
+    fn new(entries: u32) -> Option<Self> {
+        let depth = entries as usize;
+        Some(DirectReads {
+            ctx: IoContext::try_new(depth).ok()?,
+            pending: (0..depth).map(|_| None).collect(),
+            free: (0..depth).rev().collect(),
+            done: Vec::with_capacity(depth),
+        })
+    }
+
+    /// Whether the ring thread runs this (checked) request itself.
+    fn takes(sqe: &Sqe) -> bool {
+        let block = BLOCK_SIZE;
+        sqe.op == OP_READ
+            && sqe.file_offset.is_multiple_of(block)
+            && sqe.buffer_offset.is_multiple_of(block)
+            && sqe.len.is_multiple_of(block)
+    }
+
+    /// Starts the read; a read refused at once completes at once with its errno.
+    fn start(&mut self, server: &ServerShared, ring: &RingState, reg: Arc<Registration>, sqe: Sqe) {
+        let Some(index) = self.free.pop() else {
+            // Cannot happen (the context is as deep as the ring); refuse rather than block.
+            return ring.complete(sqe.tag, -i64::from(libc::EAGAIN));
+        };
+        let read = FileRead {
+            offset: sqe.file_offset,
+            buffer_offset: sqe.buffer_offset,
+            len: sqe.len,
+            tag: index as u64,
+        };
+        match server.fs.submit_read(&mut self.ctx, &reg.mapping, read) {
+            Ok(()) => self.pending[index] = Some((reg, sqe.tag)),
+            Err(e) => {
+                self.free.push(index);
+                finish(server, ring, &reg, sqe.tag, -i64::from(e.errno()));
+            }
+        }
+    }
+
+    /// Posts the completions of finished reads.
+    fn post(&mut self, server: &ServerShared, ring: &RingState) {
+        for c in self.done.drain(..) {
+            let index = c.tag as usize;
+            let Some((reg, tag)) = self.pending.get_mut(index).and_then(Option::take) else {
+                continue;
+            };
+            self.free.push(index);
+            let result = match c.result {
+                Ok(n) => n as i64,
+                Err(e) => -i64::from(FsError::from(e).errno()),
+            };
+            finish(server, ring, &reg, tag, result);
+        }
+    }
+
+    fn reap(&mut self, server: &ServerShared, ring: &RingState) {
+        if self.ctx.in_flight() > 0 {
+            self.ctx.poll(&mut self.done);
+            self.post(server, ring);
+        }
+    }
+
+    /// Sleeps until a read finishes or the client rings; posts what finished.
+    fn wait(&mut self, server: &ServerShared, ring: &RingState) {
+        self.ctx
+            .wait_or_readable(ring.sq_doorbell.as_fd(), &mut self.done);
+        self.post(server, ring);
+    }
+
+    /// Lets every read in flight finish and posts it (the connection is closing).
+    fn finish_all(&mut self, server: &ServerShared, ring: &RingState) {
+        while self.ctx.in_flight() > 0 {
+            self.ctx.wait(1, &mut self.done);
+            self.post(server, ring);
+        }
+    }
+}
+
+/// Counts a finished request and posts its completion.
+fn finish(server: &ServerShared, ring: &RingState, reg: &Registration, tag: u64, result: i64) {
+    reg.requests.fetch_add(1, Ordering::Relaxed);
+    server.requests.fetch_add(1, Ordering::Relaxed);
+    ring.complete(tag, result);
+}
+
 /// Takes requests off the submission queue while there is room for their completions, checks
-/// them, and queues them for the workers; sleeps on the doorbell when there is nothing to do.
+/// them, and runs aligned reads itself or queues the rest for the workers; sleeps on the
+/// doorbell (and the reads in flight) when there is nothing to do.
 fn submission_loop(server: &ServerShared, conn: &Connection, ring: &RingState) {
+    let mut direct = DirectReads::new(ring.view.layout().cq_entries);
+    serve_ring(server, conn, ring, &mut direct);
+    if let Some(direct) = direct.as_mut() {
+        direct.finish_all(server, ring);
+    }
+}
+
+fn serve_ring(
+    server: &ServerShared,
+    conn: &Connection,
+    ring: &RingState,
+    direct: &mut Option<DirectReads>,
+) {
     let entries = ring.view.layout().sq_entries;
     let mut head: u32 = 0;
     loop {
         if ring.stopping.load(Ordering::Acquire) {
             return;
+        }
+        if let Some(d) = direct.as_mut() {
+            d.reap(server, ring);
         }
         let tail = ring.view.sq_tail().load(Ordering::Acquire);
         let pending = tail.wrapping_sub(head);
@@ -611,25 +730,30 @@ fn submission_loop(server: &ServerShared, conn: &Connection, ring: &RingState) {
             for _ in 0..room {
                 let sqe = ring.view.read_sqe(head);
                 head = head.wrapping_add(1);
-                dispatch(server, conn, ring, sqe);
+                dispatch(server, conn, ring, direct, sqe);
             }
             ring.view.sq_head().store(head, Ordering::Release);
             continue;
         }
         // Nothing to take: sleep until the client rings (it does when NEED_WAKEUP is set,
-        // after publishing requests or consuming completions).
+        // after publishing requests or consuming completions) or a read of ours finishes.
         ring.view.sq_flags().store(NEED_WAKEUP, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let tail = ring.view.sq_tail().load(Ordering::Acquire);
         let can_take = tail != head && ring.room(&ring.cq.lock()).is_some_and(|r| r > 0);
         if !can_take {
-            let _ = sys::poll(
-                &[
-                    (ring.sq_doorbell.as_fd(), libc::POLLIN),
-                    (ring.stop.as_fd(), libc::POLLIN),
-                ],
-                -1,
-            );
+            match direct.as_mut() {
+                Some(d) if d.ctx.in_flight() > 0 => d.wait(server, ring),
+                _ => {
+                    let _ = sys::poll(
+                        &[
+                            (ring.sq_doorbell.as_fd(), libc::POLLIN),
+                            (ring.stop.as_fd(), libc::POLLIN),
+                        ],
+                        -1,
+                    );
+                }
+            }
             sys::drain_doorbell(ring.sq_doorbell.as_fd());
         }
         ring.view.sq_flags().store(0, Ordering::SeqCst);
@@ -645,9 +769,18 @@ fn violation(server: &ServerShared, conn: &Connection, ring: &RingState) {
 
 /// Checks one request (a private copy of the entry) and queues it, or completes it at once
 /// with the errno that refuses it.
-fn dispatch(server: &ServerShared, conn: &Connection, ring: &RingState, sqe: Sqe) {
+fn dispatch(
+    server: &ServerShared,
+    conn: &Connection,
+    ring: &RingState,
+    direct: &mut Option<DirectReads>,
+    sqe: Sqe,
+) {
     match check(conn, &sqe) {
         Ok(reg) => {
+            if let Some(d) = direct.as_mut().filter(|_| DirectReads::takes(&sqe)) {
+                return d.start(server, ring, reg, sqe);
+            }
             let mut jobs = ring.jobs.lock();
             jobs.queue.push_back(Job { reg, sqe });
             ring.jobs_ready.notify_one();
@@ -702,9 +835,7 @@ fn worker(server: &ServerShared, ring: &RingState) {
         } else {
             run(server, &job)
         };
-        job.reg.requests.fetch_add(1, Ordering::Relaxed);
-        server.requests.fetch_add(1, Ordering::Relaxed);
-        ring.complete(job.sqe.tag, result);
+        finish(server, ring, &job.reg, job.sqe.tag, result);
     }
 }
 

@@ -7,7 +7,7 @@
 //! file, opened on the mount, and a sealed memfd. The daemon identifies the file from the
 //! descriptor (`st_dev` must be the mount's, `st_ino` is the inode), takes the access rights
 //! from its open mode, maps the memfd (the same pages as the client's), registers it with
-//! [`Filesystem::register`], and answers with an opaque handle that is valid only on that
+//! [`Filesystem::register`](crate::Filesystem::register), and answers with an opaque handle that is valid only on that
 //! connection.
 //!
 //! Requests and completions travel through a shared-memory ring ([`ring`]) that the daemon
@@ -20,8 +20,10 @@
 //! released.
 //!
 //! Threads per connection: one reading control messages, one taking requests off the ring,
-//! and a few workers running them (the filesystem's registered I/O blocks the calling thread
-//! while the devices work in parallel).
+//! and a few workers. The ring thread runs block-aligned reads itself, asynchronously
+//! ([`Filesystem::submit_read`](crate::Filesystem::submit_read) on its own I/O context, many in flight, completions posted as
+//! they land), so the common case crosses no thread inside the daemon; writes and unaligned
+//! reads, which may bounce and block, go to the workers.
 
 mod connection;
 pub mod proto;

@@ -10,7 +10,7 @@ use super::error::FsError;
 use super::format::{BLOCK_SIZE, stripe_layout};
 use super::{Filesystem, now};
 use crate::device::Piece;
-use crate::engine;
+use crate::engine::{self, FanOut, IoContext};
 use crate::error::{Error, Op};
 use crate::meta::Metadata;
 use crate::meta::extents::{self, Extent};
@@ -95,31 +95,36 @@ impl Filesystem {
             return Ok(());
         }
         engine::run_plan(target.mapping, op, total, |fan| {
-            for (index, device) in self.devices.iter().enumerate() {
-                let mut attachment = None;
-                let stored = pieces.iter().filter(|p| p.device == index).filter_map(|p| {
-                    attachment = Some(match target.by {
-                        AttachBy::Device => p.device,
-                        AttachBy::Column => p.column,
-                    });
-                    p.device_offset.map(|d| Piece {
-                        device_offset: d,
-                        len: p.len,
-                        buffer_offset: target.offset + p.request_offset,
-                    })
-                });
-                let batch: Vec<Piece> = Merged::new(stored).collect();
-                if let Some(attachment) = attachment {
-                    fan.device(attachment, device, batch.into_iter());
-                }
-            }
-            if op == Op::Read {
-                for p in pieces.iter().filter(|p| p.device_offset.is_none()) {
-                    fan.zero(target.offset + p.request_offset, p.len);
-                }
-            }
+            self.plan(fan, op, pieces, target)
         })?;
         Ok(())
+    }
+
+    /// Issues the device commands (one batch per device) and zero fills of a transfer.
+    fn plan(&self, fan: &mut FanOut<'_>, op: Op, pieces: &[FilePiece], target: Target<'_>) {
+        for (index, device) in self.devices.iter().enumerate() {
+            let mut attachment = None;
+            let stored = pieces.iter().filter(|p| p.device == index).filter_map(|p| {
+                attachment = Some(match target.by {
+                    AttachBy::Device => p.device,
+                    AttachBy::Column => p.column,
+                });
+                p.device_offset.map(|d| Piece {
+                    device_offset: d,
+                    len: p.len,
+                    buffer_offset: target.offset + p.request_offset,
+                })
+            });
+            let batch: Vec<Piece> = Merged::new(stored).collect();
+            if let Some(attachment) = attachment {
+                fan.device(attachment, device, batch.into_iter());
+            }
+        }
+        if op == Op::Read {
+            for p in pieces.iter().filter(|p| p.device_offset.is_none()) {
+                fan.zero(target.offset + p.request_offset, p.len);
+            }
+        }
     }
 
     /// Reads the block-aligned file range `a0..a1` into `target`.
@@ -461,6 +466,62 @@ impl Filesystem {
         Ok(n)
     }
 
+    /// Starts a registered read on `ctx` and returns at once: the asynchronous form of
+    /// [`Filesystem::read_registered`], for keeping many reads of a file in flight from one
+    /// thread. The completion (tagged `tag`) reports the bytes read, short at end of file.
+    ///
+    /// The block-aligned middle goes from the devices into the buffer while this returns;
+    /// an unaligned head or tail (and a request whose file and buffer offsets differ modulo
+    /// the block) is read through a bounce buffer before this returns. Until the completion,
+    /// the file's blocks cannot move (truncates and writes of the file wait).
+    pub fn submit_read(
+        &self,
+        ctx: &mut IoContext,
+        mapping: &Mapping,
+        read: FileRead,
+    ) -> Result<(), FsError> {
+        let FileRead {
+            offset,
+            buffer_offset,
+            len,
+            tag,
+        } = read;
+        let ino = self.registered_file(mapping)?;
+        check_buffer(mapping, buffer_offset, len)?;
+        if ctx.in_flight() >= ctx.depth() {
+            return Err(Error::ContextFull { depth: ctx.depth() }.into());
+        }
+        let hold = self.data_lock(ino).read_arc();
+        let size = self.file_size(ino)?;
+        let n = len.min(size.saturating_sub(offset));
+        let mut direct = None;
+        for part in split(offset, buffer_offset, n) {
+            if part.direct {
+                direct = Some(part);
+            } else {
+                let mut bytes = vec![0u8; part.len as usize];
+                self.read_bounced(ino, part.offset, &mut bytes)?;
+                mapping
+                    .buffer()
+                    .write_at(part.buffer_offset, &bytes)
+                    .map_err(Error::from)?;
+            }
+        }
+        let pieces = match direct {
+            Some(part) => resolve(&self.meta.read(), ino, part.offset, part.len)?,
+            None => Vec::new(),
+        };
+        let target = Target {
+            mapping,
+            by: AttachBy::Column,
+            offset: direct.map_or(0, |p| p.buffer_offset),
+        };
+        ctx.submit_with(mapping, Op::Read, tag, n, Some(hold), |fan| {
+            self.plan(fan, Op::Read, &pieces, target)
+        })?;
+        Ok(())
+    }
+
     /// Writes `len` bytes from the mapping's buffer at `buffer_offset` to file `offset`,
     /// allocating and extending as needed; returns `len`.
     pub fn write_registered(
@@ -499,6 +560,16 @@ impl Filesystem {
         self.invalidate(ino);
         Ok(len)
     }
+}
+
+/// A registered read of a file: `len` bytes at file `offset` into the mapping's buffer at
+/// `buffer_offset`; `tag` comes back in the completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileRead {
+    pub offset: u64,
+    pub buffer_offset: u64,
+    pub len: u64,
+    pub tag: u64,
 }
 
 /// One bounce-buffer load of a bounced transfer: the bytes `w0..w1`, inside the

@@ -14,6 +14,7 @@ mod fsck;
 mod journal;
 mod xattr;
 
+pub use data::FileRead;
 pub use xattr::{CONTROL_XATTR, LAYOUT_XATTR, XattrFlags, format_layout};
 
 use std::collections::HashMap;
