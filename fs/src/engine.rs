@@ -50,6 +50,7 @@ impl FanOut<'_> {
             return;
         }
         if !self.touched.iter().any(|d| Arc::ptr_eq(d, device.shared())) {
+            device.shared().active.fetch_add(1, Ordering::AcqRel);
             self.touched.push(device.shared().clone());
         }
         match self.guard.attachment(attachment) {
@@ -374,11 +375,18 @@ impl IoContext {
         if self.ready.len() == self.slots.len() - self.free.len() {
             // Nothing left in flight: let go of the devices, so that closing a volume or a
             // filesystem really closes them (a context may live as long as its thread).
-            self.touched.clear();
+            self.release_devices();
         }
     }
 
-    /// Sleeps until a touched ring posts a completion, another thread finishes one of our
+    /// Stops draining the devices used so far (their reapers take over).
+    fn release_devices(&mut self) {
+        for d in self.touched.drain(..) {
+            d.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Sleeps until a touched ring holds a completion, another thread finishes one of our
     /// requests, a held completion falls due, or `extra` is readable; returns whether
     /// `extra` was.
     fn block(&mut self, extra: Option<RawFd>) -> bool {
@@ -391,8 +399,9 @@ impl IoContext {
         self.pollfds.push(notify::readable(self.shared.wake.raw()));
         let mut due: Option<std::time::Instant> = None;
         for d in &self.touched {
-            d.waiters.fetch_add(1, Ordering::AcqRel);
-            self.pollfds.push(notify::readable(d.efd_raw()));
+            // The ring itself is polled: readable while its completion queue is not empty,
+            // so nothing needs resetting afterwards.
+            self.pollfds.push(notify::readable(d.ring_fd()));
             due = match (due, d.next_due()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -406,13 +415,6 @@ impl IoContext {
             .unwrap_or(WAIT_TICK)
             .min(WAIT_TICK);
         notify::wait_any(&mut self.pollfds, Some(timeout));
-        for (d, fd) in self.touched.iter().zip(&self.pollfds[1..]) {
-            d.waiters.fetch_sub(1, Ordering::AcqRel);
-            if fd.revents != 0 {
-                // Cleared before the drain that follows, so nothing posted after it is missed.
-                d.clear_efd();
-            }
-        }
         self.shared.waiting.store(false, Ordering::SeqCst);
         if self.pollfds[0].revents != 0 {
             self.shared.wake.clear();
@@ -432,6 +434,7 @@ impl Drop for IoContext {
                 break;
             }
         }
+        self.release_devices();
     }
 }
 

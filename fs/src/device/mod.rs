@@ -3,7 +3,9 @@
 //! A [`DeviceQueue`] owns one ring over one device (block device or file, opened `O_DIRECT`;
 //! or an emulated NVMe namespace). Buffers are attached by registering their pages as fixed
 //! buffers on the ring ([`Importer`]); I/O is `READ_FIXED`/`WRITE_FIXED`, submitted in batches
-//! under a per-device lock and reaped by one thread per device, which completes requests.
+//! under a per-device lock. Completions are drained by the threads that wait for them (they
+//! poll the rings they submitted to); one reaper thread per device drains while no I/O
+//! context uses the device, and stands by otherwise.
 
 mod emulation;
 pub(crate) mod notify;
@@ -111,10 +113,16 @@ pub(crate) struct DeviceShared {
     closed: AtomicBool,
     /// Completion side: drained by waiters and by the reaper, one at a time.
     cq: Mutex<reaper::CqState>,
-    /// Registered with the ring: readable whenever a completion is posted.
+    /// Registered with the ring: readable whenever a completion is posted (the reaper's
+    /// wake-up while no I/O context is using the device).
     efd: notify::EventFd,
-    /// Threads currently waiting for (and draining) this device's completions.
-    pub(crate) waiters: AtomicU32,
+    /// I/O contexts with requests on this device: they drain its ring whenever they wait,
+    /// so while there are any the reaper only stands by.
+    pub(crate) active: AtomicU32,
+    /// Submitters sleeping for a free command slot: the reaper drains for them.
+    starved: AtomicU32,
+    /// Wakes the reaper out of standby (a starved submitter, closing).
+    standby: notify::EventFd,
     /// Entries are queued in the ring but not yet submitted (a busy device submits them at
     /// its next drain, many at once).
     deferred: AtomicBool,
@@ -211,6 +219,7 @@ impl DeviceQueue {
             .register_buffers_sparse(u32::from(FIXED_SLOTS))
             .map_err(|e| ring_error("register_buffers_sparse", e))?;
         let efd = notify::EventFd::new().map_err(|e| ring_error("eventfd", e))?;
+        let standby = notify::EventFd::new().map_err(|e| ring_error("eventfd", e))?;
         ring.submitter()
             .register_eventfd(efd.raw())
             .map_err(|e| ring_error("register_eventfd", e))?;
@@ -239,7 +248,9 @@ impl DeviceQueue {
             closed: AtomicBool::new(false),
             cq: Mutex::new(reaper::CqState::new(cq_entries, config.depth as usize)),
             efd,
-            waiters: AtomicU32::new(0),
+            active: AtomicU32::new(0),
+            starved: AtomicU32::new(0),
+            standby,
             deferred: AtomicBool::new(false),
         });
         let reaper_shared = shared.clone();
@@ -508,7 +519,12 @@ impl DeviceShared {
             self.deferred.store(false, Ordering::Release);
             self.kick();
             *queued = 0;
+            // The contexts that would drain may all be this thread: have the reaper drain.
+            if self.starved.fetch_add(1, Ordering::AcqRel) == 0 {
+                self.standby.signal();
+            }
             self.space.wait(state);
+            self.starved.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -585,6 +601,7 @@ impl DeviceShared {
             return;
         }
         self.efd.signal();
+        self.standby.signal();
     }
 
     fn io_error(&self, op: Op, offset: u64, len: u64, source: std::io::Error) -> Error {
@@ -599,14 +616,10 @@ impl DeviceShared {
 }
 
 impl DeviceShared {
-    /// The eventfd the ring rings on every completion.
-    pub(crate) fn efd_raw(&self) -> std::os::fd::RawFd {
-        self.efd.raw()
-    }
-
-    /// Resets the completion eventfd.
-    pub(crate) fn clear_efd(&self) {
-        self.efd.clear();
+    /// The ring's descriptor: readable while its completion queue holds entries (level
+    /// triggered, so waiters need not reset anything).
+    pub(crate) fn ring_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.ring)
     }
 }
 

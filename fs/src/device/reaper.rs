@@ -1,7 +1,8 @@
 //! Completing commands. Whoever waits for a request drains the rings it used (so a command's
 //! completion is handled by the thread that submitted it, where io_uring runs its task work);
-//! one reaper thread per device drains when nobody waits, so every command completes even
-//! when its submitter is busy elsewhere.
+//! one reaper thread per device drains when no I/O context uses the device, and stands by
+//! while some do (draining only every few milliseconds, or at once for a submitter that waits
+//! for a free slot), so every command completes even when its submitter is busy elsewhere.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -11,8 +12,9 @@ use std::time::{Duration, Instant};
 use super::{DeviceShared, InFlight, notify, ring};
 use crate::error::{Error, Op};
 
-/// How often the reaper looks while waiters drain for it.
-const STANDBY_TICK: Duration = Duration::from_millis(1);
+/// How often the reaper looks while I/O contexts drain for it: a safety net for a context
+/// whose thread does not wait (its completions are not lost, only collected late).
+const STANDBY_TICK: Duration = Duration::from_millis(5);
 
 /// Completion-side state of a device, owned by whoever drains.
 pub(super) struct CqState {
@@ -142,25 +144,39 @@ impl DeviceShared {
     }
 }
 
-/// The reaper: drains whenever the ring rings and nobody else is waiting on the device;
-/// stands by (looking every millisecond) while waiters drain.
+/// The reaper: drains whenever the ring rings and no I/O context uses the device; stands by
+/// while some do.
 pub(super) fn run(dev: &DeviceShared) {
-    let mut fds = [notify::readable(dev.efd.raw())];
+    let mut watch = [
+        notify::readable(dev.efd.raw()),
+        notify::readable(dev.standby.raw()),
+    ];
+    let mut standby = [notify::readable(dev.standby.raw())];
     loop {
         if dev.closed.load(Ordering::Acquire) && dev.idle() {
             return;
         }
         dev.kick_deferred();
-        if dev.waiters.load(Ordering::Acquire) > 0 {
-            std::thread::sleep(STANDBY_TICK);
+        let due = dev
+            .next_due()
+            .map(|due| due.saturating_duration_since(Instant::now()));
+        let in_standby = dev.active.load(Ordering::Acquire) > 0
+            && dev.starved.load(Ordering::Acquire) == 0
+            && !dev.closed.load(Ordering::Acquire);
+        if in_standby {
+            let tick = due.map_or(STANDBY_TICK, |d| d.min(STANDBY_TICK));
+            notify::wait_any(&mut standby, Some(tick));
+            if standby[0].revents != 0 {
+                dev.standby.clear();
+            }
         } else {
-            let timeout = dev
-                .next_due()
-                .map(|due| due.saturating_duration_since(Instant::now()));
-            notify::wait_any(&mut fds, timeout.or(Some(Duration::from_millis(100))));
-            if fds[0].revents != 0 {
-                // Cleared before draining, so a completion posted after the drain rings again.
+            notify::wait_any(&mut watch, due.or(Some(Duration::from_millis(100))));
+            // Cleared before draining, so a completion posted after the drain rings again.
+            if watch[0].revents != 0 {
                 dev.efd.clear();
+            }
+            if watch[1].revents != 0 {
+                dev.standby.clear();
             }
         }
         dev.drain();
