@@ -84,6 +84,12 @@ pub struct BenchArgs {
     /// Skip timing registration and remapping.
     #[arg(long)]
     pub no_costs: bool,
+
+    /// Put every engine's I/O buffers in 2 MiB huge pages (fio: --iomem=shmhuge): reserves
+    /// huge pages for the run (root) and gives them back at the end. Physically contiguous
+    /// buffers let the block layer build (and merge) larger device requests.
+    #[arg(long)]
+    pub huge_pages: bool,
     /// Write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -102,6 +108,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
     stripefs_fs::spec::parse_size(s).map_err(|e| e.to_string())
 }
 
+/// Huge pages reserved with `--huge-pages`: room for the largest buffers of every engine
+/// (fio: queue depth x block size per job, up to 8 jobs).
+const HUGE_RESERVATION: u64 = 2 << 30;
+
 /// Runs the benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(spec) = &args.cross_process_client {
@@ -111,6 +121,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     let stolen = machine::stolen_seconds();
     let settings = settings(args)?;
+    let _huge = if args.huge_pages {
+        let reservation = memory::HugePageReservation::reserve(HUGE_RESERVATION)?;
+        println!(
+            "I/O buffers: 2 MiB huge pages ({} reserved for the run)",
+            stripefs_fs::spec::format_size(HUGE_RESERVATION)
+        );
+        Some(reservation)
+    } else {
+        None
+    };
     let machine = machine::Machine::probe();
     println!("{}", machine.summary());
     if machine.fio.is_none() {
@@ -166,6 +186,7 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
         cost_buffer: args
             .cost_buffer
             .unwrap_or(if q { 64 << 20 } else { 1 << 30 }),
+        huge_pages: args.huge_pages,
     })
 }
 

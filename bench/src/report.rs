@@ -25,6 +25,8 @@ pub struct Settings {
     pub emu_size: u64,
     pub emu_bandwidth: u64,
     pub cost_buffer: u64,
+    /// I/O buffers in 2 MiB huge pages (`--huge-pages`) rather than 4 KiB pages.
+    pub huge_pages: bool,
 }
 
 /// Everything a run produced (the `--json` document).

@@ -28,6 +28,8 @@ pub struct ClientBuffer {
 pub(crate) struct BufferInner {
     id: u64,
     len: u64,
+    /// Backed by huge pages (and so are the pages of its migrations).
+    huge_pages: bool,
     /// The current pages. Writers: a migration, for its whole duration.
     pub(crate) memory: RwLock<Arc<Memory>>,
     /// Connections (by client number) this buffer is registered on, one entry per handle.
@@ -42,12 +44,21 @@ fn next_id() -> u64 {
 impl ClientBuffer {
     /// A new buffer of `len` bytes, rounded up to whole pages.
     pub fn new(len: u64) -> Result<Self, ClientError> {
+        Self::with_huge_pages(len, false)
+    }
+
+    /// A new buffer of `len` bytes, backed by 2 MiB huge pages when `huge_pages` is set
+    /// (`MFD_HUGETLB`; the system must have huge pages reserved). Physically contiguous
+    /// memory lets the devices' block layer build larger requests.
+    pub fn with_huge_pages(len: u64, huge_pages: bool) -> Result<Self, ClientError> {
         let len = round_up(len)?;
-        let memory = Memory::create("stripefs-client-buffer", len, false)?;
+        let memory = Memory::create("stripefs-client-buffer", len, huge_pages)?;
+        let len = memory.len();
         Ok(ClientBuffer {
             inner: Arc::new(BufferInner {
                 id: next_id(),
                 len,
+                huge_pages,
                 memory: RwLock::new(Arc::new(memory)),
                 registered_on: Mutex::new(Vec::new()),
             }),
@@ -59,7 +70,7 @@ impl ClientBuffer {
         Ok(Memory::create(
             "stripefs-client-buffer",
             self.inner.len,
-            false,
+            self.inner.huge_pages,
         )?)
     }
 

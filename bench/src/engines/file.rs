@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use stripefs_fs::{Completion, FileRead, Filesystem, IoContext};
-use stripefs_mapping::{Buffer, Mapping};
+use stripefs_mapping::Mapping;
 
 use super::files::{Filesystems, Need};
-use super::{Deadline, EngineResult, RunSpec, buffer_area};
+use super::{Deadline, EngineResult, RunSpec, buffer_area, io_buffer};
 use crate::stats::{Detail, Histogram, Measurement, ThreadTimes, Usage};
 use crate::workload::Offsets;
 
@@ -29,7 +29,7 @@ pub fn run(spec: &RunSpec<'_>, filesystems: &mut Filesystems) -> EngineResult {
         Ok(area) => area,
         Err(reason) => return Ok(Err(reason)),
     };
-    let buffer = Buffer::new(area).context("allocating the buffer")?;
+    let buffer = io_buffer(area)?;
     let mapping = opened
         .fs
         .register(opened.ino, &buffer)

@@ -62,6 +62,10 @@ fn command(spec: &RunSpec<'_>, paths: &[std::path::PathBuf]) -> Command {
         .arg(format!("--iodepth={}", w.qd))
         .arg(format!("--size={}", spec.region()))
         .arg(format!("--runtime={}ms", spec.duration.as_millis().max(1)));
+    if crate::memory::huge_pages() {
+        // Buffers in huge pages (SysV shared memory with SHM_HUGETLB), like the other engines.
+        cmd.arg("--iomem=shmhuge");
+    }
     for (i, path) in paths.iter().enumerate() {
         cmd.arg(format!("--name=dev{i}"))
             .arg("--filename")

@@ -201,6 +201,18 @@ pub(crate) fn buffer_area(depth: usize, bs: u64, registrations: usize) -> Result
     }
 }
 
+/// The registered buffer of a stripefs engine: 4 KiB pages, or huge pages with
+/// `--huge-pages`.
+pub(crate) fn io_buffer(len: u64) -> anyhow::Result<stripefs_mapping::Buffer> {
+    let options = stripefs_mapping::BufferOptions {
+        huge_pages: crate::memory::huge_pages(),
+    };
+    anyhow::Context::context(
+        stripefs_mapping::Buffer::with_options(len, options),
+        "allocating the buffer",
+    )
+}
+
 /// When the measured window ends.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Deadline(Instant);

@@ -10,9 +10,9 @@ use stripefs_fs::{
     Completion, DeviceQueue, DeviceSpec, IoContext, Op, QueueOptions, Request, Volume,
 };
 use stripefs_layout::StripeUnit;
-use stripefs_mapping::{Buffer, Mapping};
+use stripefs_mapping::Mapping;
 
-use super::{Deadline, EngineResult, RunSpec, buffer_area};
+use super::{Deadline, EngineResult, RunSpec, buffer_area, io_buffer};
 use crate::devices::{Devices, Target};
 use crate::stats::{Detail, Histogram, Measurement, ThreadTimes, Usage};
 use crate::workload::{Offsets, Workload};
@@ -34,7 +34,7 @@ pub fn run(spec: &RunSpec<'_>, poll: bool) -> EngineResult {
         Ok(area) => area,
         Err(reason) => return Ok(Err(reason)),
     };
-    let buffer = Buffer::new(area).context("allocating the buffer")?;
+    let buffer = io_buffer(area)?;
     let mapping = volume.register(&buffer).context("registering the buffer")?;
     let run = Run {
         volume: &volume,

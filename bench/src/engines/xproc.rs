@@ -47,6 +47,9 @@ pub struct ClientSpec {
     pub region: u64,
     /// Bytes of the client's buffer (requests share it beyond that).
     pub buffer: u64,
+    /// The buffer is in huge pages (`--huge-pages`).
+    #[serde(default)]
+    pub huge_pages: bool,
 }
 
 /// What the client process reports.
@@ -91,6 +94,7 @@ pub fn run(spec: &RunSpec<'_>, filesystems: &mut Filesystems) -> EngineResult {
         seconds: spec.duration.as_secs_f64(),
         region: fs.file_size / w.bs * w.bs,
         buffer,
+        huge_pages: crate::memory::huge_pages(),
     };
     let commands = fs.device_commands();
     let mut child = ChildProcess::spawn(&client)?;
@@ -250,7 +254,8 @@ pub fn client_main(spec: &str) -> Result<()> {
     };
     let client = Client::connect_socket_with(&spec.socket, options)
         .with_context(|| format!("connecting to {}", spec.socket.display()))?;
-    let buffer = ClientBuffer::new(spec.buffer).context("allocating the buffer")?;
+    let buffer = ClientBuffer::with_huge_pages(spec.buffer, spec.huge_pages)
+        .context("allocating the buffer")?;
     let handle = client
         .register(&file, &buffer)
         .context("registering the buffer")?;
