@@ -573,11 +573,18 @@ impl RingState {
     /// Posts the completion of a request taken off the ring, and rings the client's doorbell
     /// if a thread of it sleeps.
     fn complete(&self, tag: u64, result: i64) {
+        self.complete_all(std::iter::once(Cqe { tag, result }));
+    }
+
+    /// Posts completions together: one tail update and at most one doorbell for all.
+    fn complete_all(&self, cqes: impl Iterator<Item = Cqe>) {
         {
             let mut cq = self.cq.lock();
-            self.view.write_cqe(cq.tail, &Cqe { tag, result });
-            cq.tail = cq.tail.wrapping_add(1);
-            cq.reserved = cq.reserved.saturating_sub(1);
+            for cqe in cqes {
+                self.view.write_cqe(cq.tail, &cqe);
+                cq.tail = cq.tail.wrapping_add(1);
+                cq.reserved = cq.reserved.saturating_sub(1);
+            }
             self.view.cq_tail().store(cq.tail, Ordering::Release);
         }
         // Pairs with the client's store of WAITING and its re-check of cq_tail.
@@ -640,20 +647,25 @@ impl DirectReads {
         }
     }
 
-    /// Posts the completions of finished reads.
+    /// Posts the completions of finished reads, all at once.
     fn post(&mut self, server: &ServerShared, ring: &RingState) {
-        for c in self.done.drain(..) {
+        if self.done.is_empty() {
+            return;
+        }
+        let (pending, free) = (&mut self.pending, &mut self.free);
+        let cqes = self.done.drain(..).filter_map(|c| {
             let index = c.tag as usize;
-            let Some((reg, tag)) = self.pending.get_mut(index).and_then(Option::take) else {
-                continue;
-            };
-            self.free.push(index);
+            let (reg, tag) = pending.get_mut(index).and_then(Option::take)?;
+            free.push(index);
+            reg.requests.fetch_add(1, Ordering::Relaxed);
+            server.requests.fetch_add(1, Ordering::Relaxed);
             let result = match c.result {
                 Ok(n) => n as i64,
                 Err(e) => -i64::from(FsError::from(e).errno()),
             };
-            finish(server, ring, &reg, tag, result);
-        }
+            Some(Cqe { tag, result })
+        });
+        ring.complete_all(cqes);
     }
 
     fn reap(&mut self, server: &ServerShared, ring: &RingState) {
