@@ -89,11 +89,20 @@ pub struct Completion {
 /// write cannot move the blocks it reads) and let go when the read completes.
 pub(crate) type FileHold = parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, ()>;
 
-struct ContextShared {
+/// The part of an I/O context that other threads reach: finished requests, and the
+/// doorbell of its thread.
+pub(crate) struct ContextShared {
     done: Mutex<Vec<u32>>,
     /// Set while the context's owner is blocked; a finisher then rings `wake`.
     waiting: AtomicBool,
     wake: EventFd,
+}
+
+impl ContextShared {
+    /// Wakes the context's thread if it sleeps (or makes its next sleep return at once).
+    pub(crate) fn wake(&self) {
+        self.wake.signal();
+    }
 }
 
 /// A request in flight, shared between the submitter and the device reapers.
@@ -172,6 +181,8 @@ pub struct IoContext {
     ready: Vec<u32>,
     /// Devices this context has sent commands to: the rings its waits drain.
     touched: Vec<Arc<DeviceShared>>,
+    /// During a wait: whether this context watches each touched device's ring.
+    watching: Vec<bool>,
     pollfds: Vec<libc::pollfd>,
 }
 
@@ -216,6 +227,7 @@ impl IoContext {
             shared,
             ready: Vec::with_capacity(depth),
             touched: Vec::new(),
+            watching: Vec::new(),
             pollfds: Vec::new(),
         })
     }
@@ -284,6 +296,16 @@ impl IoContext {
 
     /// Collects finished requests without blocking; returns how many were added to `out`.
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        let n = self.collect(0, out);
+        if n > 0 || self.in_flight() == 0 {
+            return n;
+        }
+        // The device rings run their completion work in this thread only when it enters the
+        // kernel (cooperative task running: no interrupt per completion). A thread that only
+        // polls may never do so; enter once, then look again.
+        if let Some(d) = self.touched.first() {
+            d.enter_kernel();
+        }
         self.collect(0, out)
     }
 
@@ -346,6 +368,11 @@ impl IoContext {
     /// it used itself: io_uring posts a command's completion from its submitter's task work,
     /// so the submitter is where the completion is cheapest to handle.
     fn fetch(&mut self, min: usize, extra: Option<RawFd>) {
+        self.fetch_watching(min, extra);
+        self.unwatch();
+    }
+
+    fn fetch_watching(&mut self, min: usize, extra: Option<RawFd>) {
         loop {
             self.take_done();
             if self.ready.len() >= min {
@@ -368,6 +395,15 @@ impl IoContext {
         }
     }
 
+    /// Hands over the watches this context holds (its wait is over).
+    fn unwatch(&mut self) {
+        for (d, watching) in self.touched.iter().zip(self.watching.drain(..)) {
+            if watching {
+                d.watch.hand_over();
+            }
+        }
+    }
+
     fn take_done(&mut self) {
         let mut done = self.shared.done.lock();
         self.ready.extend(done.drain(..));
@@ -381,6 +417,7 @@ impl IoContext {
 
     /// Stops draining the devices used so far (their reapers take over).
     fn release_devices(&mut self) {
+        self.unwatch();
         for d in self.touched.drain(..) {
             d.active.fetch_sub(1, Ordering::AcqRel);
         }
@@ -397,11 +434,18 @@ impl IoContext {
         }
         self.pollfds.clear();
         self.pollfds.push(notify::readable(self.shared.wake.raw()));
+        // Watches taken in an earlier sleep of this wait are kept until the wait ends.
+        self.watching.resize(self.touched.len(), false);
         let mut due: Option<std::time::Instant> = None;
-        for d in &self.touched {
-            // The ring itself is polled: readable while its completion queue is not empty,
-            // so nothing needs resetting afterwards.
-            self.pollfds.push(notify::readable(d.ring_fd()));
+        for (d, watching) in self.touched.iter().zip(self.watching.iter_mut()) {
+            // One waiter per device polls its ring (readable while the completion queue is
+            // not empty, so nothing needs resetting); the others sleep on their doorbells.
+            if !*watching {
+                *watching = d.watch.enter(&self.shared);
+            }
+            if *watching {
+                self.pollfds.push(notify::readable(d.ring_fd()));
+            }
             due = match (due, d.next_due()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -415,6 +459,11 @@ impl IoContext {
             .unwrap_or(WAIT_TICK)
             .min(WAIT_TICK);
         notify::wait_any(&mut self.pollfds, Some(timeout));
+        for (d, &watching) in self.touched.iter().zip(&self.watching) {
+            if !watching {
+                d.watch.leave(&self.shared);
+            }
+        }
         self.shared.waiting.store(false, Ordering::SeqCst);
         if self.pollfds[0].revents != 0 {
             self.shared.wake.clear();

@@ -39,6 +39,12 @@ pub trait Importer: Send + Sync {
     fn attach(&self, memory: &Memory) -> Result<ImportToken, ImportError>;
     /// Releases the slots of `token`. Called once no I/O uses them any more.
     fn detach(&self, token: &ImportToken);
+    /// Someone waits for this device's I/O on a mapping to finish (a migration or an
+    /// unregistration fencing it) until the matching [`Importer::end_urgent`]: complete
+    /// commands promptly even if their submitters are busy. Default: nothing to do.
+    fn begin_urgent(&self) {}
+    /// Ends what [`Importer::begin_urgent`] began.
+    fn end_urgent(&self) {}
 }
 
 /// One device's attachment of one piece of memory. Dropping it detaches the memory from the

@@ -272,8 +272,17 @@ impl MapState {
     fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
         let mut lock = self.fence.lock();
+        if self.inflight.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        for importer in self.importers.iter() {
+            importer.begin_urgent();
+        }
         while self.inflight.load(Ordering::SeqCst) > 0 {
             self.drained.wait(&mut lock);
+        }
+        for importer in self.importers.iter() {
+            importer.end_urgent();
         }
     }
 }

@@ -12,6 +12,7 @@ pub(crate) mod notify;
 mod probe;
 mod reaper;
 mod ring;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -119,10 +120,13 @@ pub(crate) struct DeviceShared {
     /// I/O contexts with requests on this device: they drain its ring whenever they wait,
     /// so while there are any the reaper only stands by.
     pub(crate) active: AtomicU32,
-    /// Submitters sleeping for a free command slot: the reaper drains for them.
-    starved: AtomicU32,
-    /// Wakes the reaper out of standby (a starved submitter, closing).
+    /// Waits that need this device's commands completed promptly (submitters sleeping for a
+    /// free command slot, fences of a migration or unregistration): the reaper drains.
+    urgent: AtomicU32,
+    /// Wakes the reaper out of standby (urgent waits, closing).
     standby: notify::EventFd,
+    /// Which waiting thread polls the ring.
+    pub(crate) watch: watch::Watch,
     /// Entries are queued in the ring but not yet submitted (a busy device submits them at
     /// its next drain, many at once).
     deferred: AtomicBool,
@@ -211,8 +215,13 @@ impl DeviceQueue {
             source,
         };
         let entries = (config.depth + 1).next_power_of_two();
+        // Cooperative task running: a command's completion is posted by its submitter the
+        // next time that thread enters the kernel (or at once if it sleeps), instead of an
+        // interrupt per completion. The engine's threads enter the kernel to submit and to
+        // wait, and `IoContext::poll` enters once when it finds nothing.
         let ring = IoUring::builder()
             .setup_cqsize(entries * 2)
+            .setup_coop_taskrun()
             .build(entries)
             .map_err(|e| ring_error("setup", e))?;
         ring.submitter()
@@ -249,8 +258,9 @@ impl DeviceQueue {
             cq: Mutex::new(reaper::CqState::new(cq_entries, config.depth as usize)),
             efd,
             active: AtomicU32::new(0),
-            starved: AtomicU32::new(0),
+            urgent: AtomicU32::new(0),
             standby,
+            watch: watch::Watch::default(),
             deferred: AtomicBool::new(false),
         });
         let reaper_shared = shared.clone();
@@ -520,11 +530,9 @@ impl DeviceShared {
             self.kick();
             *queued = 0;
             // The contexts that would drain may all be this thread: have the reaper drain.
-            if self.starved.fetch_add(1, Ordering::AcqRel) == 0 {
-                self.standby.signal();
-            }
+            self.begin_urgent();
             self.space.wait(state);
-            self.starved.fetch_sub(1, Ordering::AcqRel);
+            self.end_urgent();
         }
     }
 
@@ -588,6 +596,12 @@ impl DeviceShared {
                 )));
             }
         }
+    }
+
+    /// Enters the kernel once, which runs this thread's pending completion work (with
+    /// cooperative task running the kernel does not interrupt a running thread for it).
+    pub(crate) fn enter_kernel(&self) {
+        self.kick();
     }
 
     fn kick(&self) {
@@ -667,6 +681,16 @@ impl Importer for DeviceShared {
         Ok(ImportToken {
             slots: taken.into_boxed_slice(),
         })
+    }
+
+    fn begin_urgent(&self) {
+        if self.urgent.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.standby.signal();
+        }
+    }
+
+    fn end_urgent(&self) {
+        self.urgent.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn detach(&self, token: &ImportToken) {

@@ -1,8 +1,9 @@
 //! Completing commands. Whoever waits for a request drains the rings it used (so a command's
 //! completion is handled by the thread that submitted it, where io_uring runs its task work);
 //! one reaper thread per device drains when no I/O context uses the device, and stands by
-//! while some do (draining only every few milliseconds, or at once for a submitter that waits
-//! for a free slot), so every command completes even when its submitter is busy elsewhere.
+//! while some do (draining only every few milliseconds, or at once while a submitter waits for
+//! a free slot or a migration waits for I/O to finish), so every command completes even when
+//! its submitter is busy elsewhere.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -166,7 +167,7 @@ pub(super) fn run(dev: &DeviceShared) {
             .next_due()
             .map(|due| due.saturating_duration_since(Instant::now()));
         let in_standby = dev.active.load(Ordering::Acquire) > 0
-            && dev.starved.load(Ordering::Acquire) == 0
+            && dev.urgent.load(Ordering::Acquire) == 0
             && !dev.closed.load(Ordering::Acquire);
         if in_standby {
             let tick = due.map_or(STANDBY_TICK, |d| d.min(STANDBY_TICK));
