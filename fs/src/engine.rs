@@ -375,11 +375,15 @@ impl IoContext {
     fn fetch_watching(&mut self, min: usize, extra: Option<RawFd>) {
         loop {
             self.take_done();
-            if self.ready.len() >= min {
+            if min > 0 && self.ready.len() >= min {
                 return;
             }
             let drained: usize = self.touched.iter().map(|d| d.drain()).sum();
             if drained > 0 {
+                if min == 0 {
+                    self.take_done();
+                    return;
+                }
                 continue;
             }
             for d in &self.touched {

@@ -601,7 +601,7 @@ impl DeviceShared {
     /// Enters the kernel once, which runs this thread's pending completion work (with
     /// cooperative task running the kernel does not interrupt a running thread for it).
     pub(crate) fn enter_kernel(&self) {
-        self.kick();
+        ring::run_task_work(&self.ring);
     }
 
     fn kick(&self) {

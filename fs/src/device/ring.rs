@@ -111,6 +111,19 @@ pub(crate) fn submit(ring: &IoUring) -> io::Result<()> {
     }
 }
 
+/// `IORING_ENTER_GETEVENTS` (include/uapi/linux/io_uring.h).
+const ENTER_GETEVENTS: u32 = 1;
+
+/// Runs this thread's pending io_uring task work (which posts its commands' completions) and
+/// returns without waiting: `io_uring_enter(GETEVENTS, min_complete = 0)`.
+pub(crate) fn run_task_work(ring: &IoUring) {
+    // SAFETY: no submission entries, no wait and no argument: the call reads nothing of ours.
+    let _ = unsafe {
+        ring.submitter()
+            .enter::<libc::sigset_t>(0, 0, ENTER_GETEVENTS, None)
+    };
+}
+
 /// Takes every available completion as (user_data, result).
 ///
 /// # Safety
