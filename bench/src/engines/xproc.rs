@@ -8,7 +8,8 @@
 //! queues) is measured here over the same window. CPU figures add both.
 //!
 //! The handshake keeps set-up out of the window: the child prints `ready` once connected and
-//! registered, waits for `go` on its standard input, runs, and prints one JSON line.
+//! registered, waits for `go` on its standard input, runs, prints one JSON line, and stays
+//! connected until its standard input closes.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -270,6 +271,11 @@ pub fn client_main(spec: &str) -> Result<()> {
     }
     let report = client_run(&spec, &client, handle)?;
     writeln!(out, "{}", serde_json::to_string(&report)?).and_then(|()| out.flush())?;
+    // Stay connected until the benchmark has taken its figures (it closes our standard
+    // input): the daemon's threads for this connection end when it closes, and a thread that
+    // has ended can no longer be counted in the per-thread CPU.
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_line(&mut rest);
     client.unregister(handle).context("unregistering")?;
     Ok(())
 }
