@@ -1,9 +1,9 @@
 //! Completing commands. Whoever waits for a request drains the rings it used (so a command's
 //! completion is handled by the thread that submitted it, where io_uring runs its task work);
 //! one reaper thread per device drains when no I/O context uses the device, and stands by
-//! while some do (draining only every few milliseconds, or at once while a submitter waits for
-//! a free slot or a migration waits for I/O to finish), so every command completes even when
-//! its submitter is busy elsewhere.
+//! while some do (a safety drain every 20 ms, or at once while a submitter waits for a free
+//! slot or a migration waits for I/O to finish), so every command completes even when its
+//! submitter is busy elsewhere.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
