@@ -93,14 +93,7 @@ impl Opened {
 
     /// Commands the filesystem's devices have run so far.
     pub fn device_commands(&self) -> u64 {
-        self.fs
-            .devices()
-            .iter()
-            .map(|d| {
-                let s = d.stats();
-                s.reads + s.writes + s.errors
-            })
-            .sum()
+        super::commands_run(self.fs.devices())
     }
 }
 

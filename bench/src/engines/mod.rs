@@ -4,6 +4,7 @@
 //! from another process through the control endpoint). Every engine runs the same workload
 //! on the same devices for the same time and reports the same figures.
 
+mod closed_loop;
 mod file;
 pub(crate) mod files;
 mod fio;
@@ -199,6 +200,17 @@ pub(crate) fn buffer_area(depth: usize, bs: u64, registrations: usize) -> Result
         )),
         _ => Ok(area.max(bs)),
     }
+}
+
+/// Commands `devices` have run so far (reads, writes and failures).
+pub(crate) fn commands_run(devices: &[stripefs_fs::DeviceQueue]) -> u64 {
+    devices
+        .iter()
+        .map(|d| {
+            let s = d.stats();
+            s.reads + s.writes + s.errors
+        })
+        .sum()
 }
 
 /// The registered buffer of a stripefs engine: 4 KiB pages, or huge pages with

@@ -3,18 +3,15 @@
 //! `qd x devices` requests in flight through an `IoContext`, waiting for completions (or, in
 //! the poll variant, spinning on `IoContext::poll`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
-use stripefs_fs::{
-    Completion, DeviceQueue, DeviceSpec, IoContext, Op, QueueOptions, Request, Volume,
-};
+use anyhow::{Context, Result};
+use stripefs_fs::{DeviceQueue, DeviceSpec, Op, QueueOptions, Request, Volume};
 use stripefs_layout::StripeUnit;
-use stripefs_mapping::Mapping;
 
-use super::{Deadline, EngineResult, RunSpec, buffer_area, io_buffer};
+use super::closed_loop::{self, Collect};
+use super::{EngineResult, RunSpec, buffer_area, commands_run, io_buffer};
 use crate::devices::{Devices, Target};
-use crate::stats::{Detail, Histogram, Measurement, ThreadTimes, Usage};
 use crate::workload::{Offsets, Workload};
 
 /// Smallest stripe unit used: small random requests do not need smaller units.
@@ -36,17 +33,34 @@ pub fn run(spec: &RunSpec<'_>, poll: bool) -> EngineResult {
     };
     let buffer = io_buffer(area)?;
     let mapping = volume.register(&buffer).context("registering the buffer")?;
-    let run = Run {
-        volume: &volume,
-        mapping: &mapping,
-        workload: w,
-        area,
-        offsets: Offsets::new(w.access, w.bs, volume.size() / w.bs * w.bs, 1),
-        started: vec![Instant::now(); depth],
+    let collect = if poll { Collect::Poll } else { Collect::Wait };
+    let op = if w.access.is_write() {
+        Op::Write
+    } else {
+        Op::Read
     };
-    let result = run.measure(depth, spec.duration, poll);
+    let mut offsets = Offsets::new(w.access, w.bs, volume.size() / w.bs * w.bs, 1);
+    let commands = commands_run(volume.devices());
+    let result = closed_loop::run(depth, w.bs, spec.duration, collect, |ctx, slot| {
+        let offset = offsets.next_offset();
+        let request = Request {
+            op,
+            mapping: &mapping,
+            offset,
+            buffer_offset: (slot as u64 * w.bs) % area,
+            len: w.bs,
+            tag: slot as u64,
+        };
+        ctx.submit(&volume, request)
+            .with_context(|| format!("submitting {op} at {offset}"))
+    });
+    let commands = commands_run(volume.devices()) - commands;
     volume.unregister(&mapping).context("unregistering")?;
-    Ok(Ok(result?))
+    let mut m = result?;
+    if let Some(detail) = m.detail.as_mut() {
+        detail.device_commands = Some(commands);
+    }
+    Ok(Ok(m))
 }
 
 /// Opens the target's devices with room for the workload's depth (split requests count).
@@ -77,98 +91,5 @@ pub fn open_devices(target: &Target, w: Workload) -> Result<Vec<DeviceQueue>> {
                 })
                 .collect()
         }
-    }
-}
-
-struct Run<'a> {
-    volume: &'a Volume,
-    mapping: &'a Mapping,
-    workload: Workload,
-    area: u64,
-    offsets: Offsets,
-    started: Vec<Instant>,
-}
-
-impl Run<'_> {
-    fn measure(mut self, depth: usize, duration: Duration, poll: bool) -> Result<Measurement> {
-        let mut ctx = IoContext::new(depth);
-        let mut done: Vec<Completion> = Vec::with_capacity(depth);
-        let mut hist = Histogram::default();
-        let commands_before = self.device_commands();
-        let (times, usage, start) = (ThreadTimes::now(), Usage::now()?, Instant::now());
-        let deadline = Deadline::after(duration);
-        for slot in 0..depth {
-            self.submit(&mut ctx, slot)?;
-        }
-        let (mut ops, mut error) = (0u64, None);
-        while ctx.in_flight() > 0 {
-            done.clear();
-            if poll {
-                while ctx.poll(&mut done) == 0 {
-                    std::hint::spin_loop();
-                }
-            } else {
-                ctx.wait(1, &mut done);
-            }
-            for c in &done {
-                let slot = c.tag as usize;
-                hist.record(self.started[slot].elapsed());
-                if let Err(e) = &c.result {
-                    error.get_or_insert_with(|| anyhow!("request {slot}: {e}"));
-                    continue;
-                }
-                ops += 1;
-                if error.is_none() && !deadline.passed() && !crate::signal::interrupted() {
-                    self.submit(&mut ctx, slot)?;
-                }
-            }
-        }
-        if let Some(e) = error {
-            return Err(e);
-        }
-        let seconds = start.elapsed().as_secs_f64();
-        let used = Usage::now()?.since(&usage);
-        let mut m = Measurement::new(ops * self.workload.bs, ops, seconds, &used, &hist);
-        m.detail = Some(Detail {
-            thread_cpu: ThreadTimes::now().since(&times),
-            voluntary_switches: used.voluntary_switches,
-            involuntary_switches: used.involuntary_switches,
-            device_commands: Some(self.device_commands() - commands_before),
-        });
-        Ok(m)
-    }
-
-    fn submit(&mut self, ctx: &mut IoContext, slot: usize) -> Result<()> {
-        let bs = self.workload.bs;
-        let offset = self.offsets.next_offset();
-        self.started[slot] = Instant::now();
-        let op = if self.workload.access.is_write() {
-            Op::Write
-        } else {
-            Op::Read
-        };
-        ctx.submit(
-            self.volume,
-            Request {
-                op,
-                mapping: self.mapping,
-                offset,
-                buffer_offset: (slot as u64 * bs) % self.area,
-                len: bs,
-                tag: slot as u64,
-            },
-        )
-        .with_context(|| format!("submitting {op} at {offset}"))
-    }
-
-    fn device_commands(&self) -> u64 {
-        self.volume
-            .devices()
-            .iter()
-            .map(|d| {
-                let s = d.stats();
-                s.reads + s.writes + s.errors
-            })
-            .sum()
     }
 }
