@@ -774,3 +774,55 @@ fn a_truncate_waits_for_asynchronous_reads_of_the_blocks_it_frees() {
     assert!(got == contents, "the read returned the file as it was");
     assert_eq!(fs.getattr(f.ino).expect("getattr").size, 0);
 }
+
+#[test]
+fn statfs_while_open_files_are_unlinked_and_released_does_not_deadlock() {
+    // statfs took the allocator and then the metadata; releasing an unlinked file takes the
+    // metadata and then the allocator (to return the space): a `df` during a `close` could
+    // stop the filesystem for good.
+    let d = devices(2, 32 << 20);
+    mkfs(&d, 64 << 10);
+    let fs: Arc<Filesystem> = Filesystem::open(&d.specs).expect("open");
+    let free_before = fs.statfs().bfree;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let writer = {
+        let fs = fs.clone();
+        std::thread::spawn(move || {
+            for i in 0..400 {
+                let n = format!("f{i}");
+                let f = fs.create(ROOT, name(&n), 0o644, ME).expect("create");
+                fs.write(f.ino, 0, &[7u8; 12288]).expect("write");
+                fs.open_file(f.ino).expect("open");
+                fs.unlink(ROOT, name(&n)).expect("unlink");
+                fs.release_file(f.ino).expect("release frees the space");
+            }
+            let _ = done_tx.send(());
+        })
+    };
+    let watcher = {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut calls = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let s = fs.statfs();
+                assert!(s.bfree <= s.blocks);
+                calls += 1;
+            }
+            calls
+        })
+    };
+    let finished = done_rx.recv_timeout(std::time::Duration::from_secs(60));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        finished.is_ok(),
+        "creating, unlinking and releasing 400 files beside statfs did not finish in 60 s"
+    );
+    writer.join().expect("writer");
+    assert!(watcher.join().expect("statfs thread") > 0);
+    assert_eq!(
+        fs.statfs().bfree,
+        free_before,
+        "every released file's space is free again"
+    );
+}

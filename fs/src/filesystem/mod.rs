@@ -779,11 +779,16 @@ impl Filesystem {
 
     /// Space and inode counts.
     pub fn statfs(&self) -> StatFs {
-        let alloc = self.alloc.lock();
-        let n = self.devices.len();
-        let blocks = (0..n).map(|d| alloc.capacity(d)).sum::<u64>() / BLOCK_SIZE;
-        let bfree = (0..n).map(|d| alloc.free(d)).sum::<u64>() / BLOCK_SIZE;
+        // Lock order is metadata, then allocator (`change` frees space while it holds the
+        // metadata): never wait for the metadata while holding the allocator.
         let files = self.meta.read().len() as u64;
+        let (blocks, bfree) = {
+            let alloc = self.alloc.lock();
+            let n = self.devices.len();
+            let blocks = (0..n).map(|d| alloc.capacity(d)).sum::<u64>() / BLOCK_SIZE;
+            let bfree = (0..n).map(|d| alloc.free(d)).sum::<u64>() / BLOCK_SIZE;
+            (blocks, bfree)
+        };
         // A small file costs about this much metadata (inode, name, an extent or two).
         const BYTES_PER_FILE: u64 = 256;
         let meta_free = self
