@@ -399,11 +399,14 @@ impl IoContext {
         }
     }
 
-    /// Hands over the watches this context holds (its wait is over).
+    /// Hands over the watches this context holds (its wait is over), and passes on any
+    /// watch handed to it that it did not take.
     fn unwatch(&mut self) {
         for (d, watching) in self.touched.iter().zip(self.watching.drain(..)) {
             if watching {
                 d.watch.hand_over();
+            } else {
+                d.watch.pass_on();
             }
         }
     }

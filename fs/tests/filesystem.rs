@@ -826,3 +826,68 @@ fn statfs_while_open_files_are_unlinked_and_released_does_not_deadlock() {
         "every released file's space is free again"
     );
 }
+
+#[test]
+fn a_read_submitted_while_a_writer_waits_does_not_stall_on_its_own_reads() {
+    use stripefs_fs::{FileRead, IoContext};
+
+    // Read A holds the file shared until it completes; a writer then waits for it; read B
+    // (same thread, same context) must wait for the writer, which waits for A, which only
+    // this thread would collect. The reapers collect it meanwhile, so B waits for the I/O,
+    // not for a reaper's 20 ms standby tick.
+    let dir = tempfile::tempdir_in("/var/tmp").expect("scratch dir");
+    let specs: Vec<DeviceSpec> = (0..2)
+        .map(|i| {
+            let path = dir.path().join(format!("e{i}.img"));
+            format!("emu:{},size=64M", path.display())
+                .parse()
+                .expect("spec")
+        })
+        .collect();
+    filesystem::mkfs(&specs, &MkfsOptions::default()).expect("mkfs");
+    let fs: Arc<Filesystem> = Filesystem::open(&specs).expect("open");
+    let f = fs.create(ROOT, name("f"), 0o644, ME).expect("create");
+    let contents = data(41, 1 << 20);
+    fs.write(f.ino, 0, &contents).expect("write");
+    let buffer = Buffer::new(2 << 20).expect("buffer");
+    let mapping = fs.register(f.ino, &buffer).expect("register");
+    let mut waits = Vec::new();
+    for round in 0..10u64 {
+        let mut ctx = IoContext::new(4);
+        let read = |tag: u64, buffer_offset: u64| FileRead {
+            offset: 0,
+            buffer_offset,
+            len: 1 << 20,
+            tag,
+        };
+        fs.submit_read(&mut ctx, &mapping, read(1, 0))
+            .expect("read A");
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                fs.write(f.ino, 4096 * round, &contents[..4096])
+                    .expect("write")
+            });
+            // Let the writer start waiting for A.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let started = std::time::Instant::now();
+            fs.submit_read(&mut ctx, &mapping, read(2, 1 << 20))
+                .expect("read B");
+            waits.push(started.elapsed());
+            writer.join().expect("writer");
+        });
+        let mut done = Vec::new();
+        while ctx.in_flight() > 0 {
+            ctx.wait(1, &mut done);
+        }
+        assert!(
+            done.iter()
+                .all(|c| c.result.as_ref().ok() == Some(&(1 << 20)))
+        );
+    }
+    waits.sort();
+    let median = waits[waits.len() / 2];
+    assert!(
+        median < std::time::Duration::from_millis(10),
+        "read B waited {median:?} (median of 10) for a writer that waited for read A"
+    );
+}

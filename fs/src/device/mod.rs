@@ -369,6 +369,27 @@ impl DeviceQueue {
     }
 }
 
+/// While it lives, the devices' reapers drain at once instead of standing by: for a thread
+/// about to block on something that completions it would otherwise collect itself must free.
+pub(crate) struct Urgent<'a>(&'a [DeviceQueue]);
+
+impl<'a> Urgent<'a> {
+    pub(crate) fn new(devices: &'a [DeviceQueue]) -> Self {
+        for d in devices {
+            d.shared.begin_urgent();
+        }
+        Urgent(devices)
+    }
+}
+
+impl Drop for Urgent<'_> {
+    fn drop(&mut self) {
+        for d in self.0 {
+            d.shared.end_urgent();
+        }
+    }
+}
+
 struct Config {
     name: String,
     path: PathBuf,

@@ -42,6 +42,19 @@ impl Watch {
     /// The watcher leaves: a sleeper is woken to take over.
     pub(crate) fn hand_over(&self) {
         self.taken.store(false, Ordering::SeqCst);
+        self.wake_a_sleeper();
+    }
+
+    /// A waiter that did not watch is leaving. A hand-over may have woken it (to take the
+    /// watch) just as its own request finished, in which case nobody took the watch: pass it
+    /// on to another sleeper.
+    pub(crate) fn pass_on(&self) {
+        if !self.taken.load(Ordering::SeqCst) {
+            self.wake_a_sleeper();
+        }
+    }
+
+    fn wake_a_sleeper(&self) {
         if self.sleeping.load(Ordering::SeqCst) == 0 {
             return;
         }

@@ -9,7 +9,7 @@ use super::bounce::BOUNCE_SIZE;
 use super::error::FsError;
 use super::format::{BLOCK_SIZE, stripe_layout};
 use super::{Filesystem, now};
-use crate::device::Piece;
+use crate::device::{Piece, Urgent};
 use crate::engine::{self, FanOut, IoContext};
 use crate::error::{Error, Op};
 use crate::meta::Metadata;
@@ -491,7 +491,17 @@ impl Filesystem {
         if ctx.in_flight() >= ctx.depth() {
             return Err(Error::ContextFull { depth: ctx.depth() }.into());
         }
-        let hold = self.data_lock(ino).read_arc();
+        let lock = self.data_lock(ino);
+        let hold = match lock.try_read_arc() {
+            Some(hold) => hold,
+            None => {
+                // A writer holds or waits for the lock. It may be waiting for reads of this
+                // thread still in flight, which this thread cannot collect while it blocks:
+                // the devices' reapers do, meanwhile.
+                let _urgent = Urgent::new(&self.devices);
+                lock.read_arc()
+            }
+        };
         let size = self.file_size(ino)?;
         let n = len.min(size.saturating_sub(offset));
         let mut direct = None;
