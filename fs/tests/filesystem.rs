@@ -589,6 +589,22 @@ fn closing_a_filesystem_closes_its_devices() {
     );
 }
 
+/// A filesystem made on `n` emulated devices of 64 MiB backed by scratch files (the
+/// directory goes with the returned guard); their specs, to open it (or to add to).
+fn emulated_filesystem(n: usize) -> (tempfile::TempDir, Vec<DeviceSpec>) {
+    let dir = tempfile::tempdir_in("/var/tmp").expect("scratch dir");
+    let specs: Vec<DeviceSpec> = (0..n)
+        .map(|i| {
+            let path = dir.path().join(format!("e{i}.img"));
+            format!("emu:{},size=64M", path.display())
+                .parse()
+                .expect("spec")
+        })
+        .collect();
+    filesystem::mkfs(&specs, &MkfsOptions::default()).expect("mkfs");
+    (dir, specs)
+}
+
 /// The bytes a read of `len` at `offset` must return from a file whose contents are `model`.
 fn expected(model: &[u8], offset: u64, len: u64) -> &[u8] {
     let start = (offset as usize).min(model.len());
@@ -719,16 +735,7 @@ fn a_truncate_waits_for_asynchronous_reads_of_the_blocks_it_frees() {
 
     // Emulated devices with 150 ms per command: a read stays in flight long enough to see
     // whether the truncate waited for it.
-    let dir = tempfile::tempdir_in("/var/tmp").expect("scratch dir");
-    let specs: Vec<DeviceSpec> = (0..2)
-        .map(|i| {
-            let path = dir.path().join(format!("e{i}.img"));
-            format!("emu:{},size=64M", path.display())
-                .parse()
-                .expect("spec")
-        })
-        .collect();
-    filesystem::mkfs(&specs, &MkfsOptions::default()).expect("mkfs");
+    let (_dir, specs) = emulated_filesystem(2);
     let slow: Vec<DeviceSpec> = specs
         .iter()
         .map(|s| format!("{s},lat=150ms").parse().expect("spec"))
@@ -835,16 +842,7 @@ fn a_read_submitted_while_a_writer_waits_does_not_stall_on_its_own_reads() {
     // (same thread, same context) must wait for the writer, which waits for A, which only
     // this thread would collect. The reapers collect it meanwhile, so B waits for the I/O,
     // not for a reaper's 20 ms standby tick.
-    let dir = tempfile::tempdir_in("/var/tmp").expect("scratch dir");
-    let specs: Vec<DeviceSpec> = (0..2)
-        .map(|i| {
-            let path = dir.path().join(format!("e{i}.img"));
-            format!("emu:{},size=64M", path.display())
-                .parse()
-                .expect("spec")
-        })
-        .collect();
-    filesystem::mkfs(&specs, &MkfsOptions::default()).expect("mkfs");
+    let (_dir, specs) = emulated_filesystem(2);
     let fs: Arc<Filesystem> = Filesystem::open(&specs).expect("open");
     let f = fs.create(ROOT, name("f"), 0o644, ME).expect("create");
     let contents = data(41, 1 << 20);

@@ -657,8 +657,7 @@ impl DirectReads {
             let index = c.tag as usize;
             let (reg, tag) = pending.get_mut(index).and_then(Option::take)?;
             free.push(index);
-            reg.requests.fetch_add(1, Ordering::Relaxed);
-            server.requests.fetch_add(1, Ordering::Relaxed);
+            count(server, &reg);
             let result = match c.result {
                 Ok(n) => n as i64,
                 Err(e) => -i64::from(FsError::from(e).errno()),
@@ -693,9 +692,14 @@ impl DirectReads {
 
 /// Counts a finished request and posts its completion.
 fn finish(server: &ServerShared, ring: &RingState, reg: &Registration, tag: u64, result: i64) {
+    count(server, reg);
+    ring.complete(tag, result);
+}
+
+/// Counts a finished request, for its registration and for the server.
+fn count(server: &ServerShared, reg: &Registration) {
     reg.requests.fetch_add(1, Ordering::Relaxed);
     server.requests.fetch_add(1, Ordering::Relaxed);
-    ring.complete(tag, result);
 }
 
 /// Takes requests off the submission queue while there is room for their completions, checks
