@@ -76,14 +76,26 @@ unsafe fn path<'a>(s: *const c_char) -> Option<&'a Path> {
     Some(Path::new(std::ffi::OsStr::from_bytes(c.to_bytes())))
 }
 
-fn publish(client: Result<Client, ClientError>, out: *mut *mut CClient) -> c_int {
-    match client {
-        Ok(c) => {
+/// Hands a new object to C through `out` (0), or returns the error's negative errno.
+fn publish<T, W>(made: Result<T, ClientError>, wrap: fn(T) -> W, out: *mut *mut W) -> c_int {
+    match made {
+        Ok(v) => {
             // SAFETY: the callers checked `out` is non-null; it is writable per their contract.
-            unsafe { *out = Box::into_raw(Box::new(CClient(c))) };
+            unsafe { *out = Box::into_raw(Box::new(wrap(v))) };
             0
         }
         Err(e) => neg(&e),
+    }
+}
+
+/// Takes back and drops an object `publish` handed to C; null is ignored.
+///
+/// # Safety
+/// `p` is null or came from `publish` and is released exactly once.
+unsafe fn release<T>(p: *mut T) {
+    if !p.is_null() {
+        // SAFETY: per this function's contract, `p` came from Box::into_raw, released once.
+        drop(unsafe { Box::from_raw(p) });
     }
 }
 
@@ -104,7 +116,7 @@ pub unsafe extern "C" fn stripefs_connect(
         if out.is_null() {
             return -libc::EINVAL;
         }
-        publish(Client::connect(p), out)
+        publish(Client::connect(p), CClient, out)
     })
 }
 
@@ -134,7 +146,7 @@ pub unsafe extern "C" fn stripefs_connect_socket(
             },
             ..ClientOptions::default()
         };
-        publish(Client::connect_socket_with(p, options), out)
+        publish(Client::connect_socket_with(p, options), CClient, out)
     })
 }
 
@@ -144,12 +156,8 @@ pub unsafe extern "C" fn stripefs_connect_socket(
 /// `client` is null or a live pointer from `stripefs_connect*`; it is invalid afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn stripefs_disconnect(client: *mut CClient) {
-    guard((), || {
-        if !client.is_null() {
-            // SAFETY: `client` came from Box::into_raw and is released exactly once.
-            drop(unsafe { Box::from_raw(client) });
-        }
-    })
+    // SAFETY: `client` is null or from `stripefs_connect*`, freed once (this contract).
+    guard((), || unsafe { release(client) })
 }
 
 /// Makes a buffer of `len` bytes (rounded up to whole pages): a sealed memfd mapped here.
@@ -162,14 +170,7 @@ pub unsafe extern "C" fn stripefs_buffer_new(len: u64, out: *mut *mut CBuffer) -
         if out.is_null() {
             return -libc::EINVAL;
         }
-        match ClientBuffer::new(len) {
-            Ok(b) => {
-                // SAFETY: checked non-null; writable per the contract.
-                unsafe { *out = Box::into_raw(Box::new(CBuffer(b))) };
-                0
-            }
-            Err(e) => neg(&e),
-        }
+        publish(ClientBuffer::new(len), CBuffer, out)
     })
 }
 
@@ -179,12 +180,8 @@ pub unsafe extern "C" fn stripefs_buffer_new(len: u64, out: *mut *mut CBuffer) -
 /// `buffer` is null or a live pointer from `stripefs_buffer_new`; it is invalid afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn stripefs_buffer_free(buffer: *mut CBuffer) {
-    guard((), || {
-        if !buffer.is_null() {
-            // SAFETY: `buffer` came from Box::into_raw and is released exactly once.
-            drop(unsafe { Box::from_raw(buffer) });
-        }
-    })
+    // SAFETY: `buffer` is null or from `stripefs_buffer_new`, freed once (this contract).
+    guard((), || unsafe { release(buffer) })
 }
 
 /// Length of the buffer in bytes (0 for a null pointer).
