@@ -430,10 +430,15 @@ impl fuser::Filesystem for Fuse {
         _req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync(ino.0) {
+        let result = if datasync {
+            self.fs.fdatasync(ino.0)
+        } else {
+            self.fs.fsync(ino.0)
+        };
+        match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsync", ino.0, &e)),
         }

@@ -21,7 +21,10 @@ pub mod pattern;
 pub mod spec;
 mod volume;
 
-pub use device::{DeviceKind, DeviceQueue, DeviceStats, Faults, QueueOptions};
+pub use device::{
+    DeviceKind, DeviceQueue, DeviceStats, Faults, PowerCut, PowerCutReport, QueueOptions,
+    WriteEvent, WriteLog,
+};
 pub use engine::{Completion, IoContext, Request};
 pub use error::{Error, Op};
 pub use filesystem::{FileRead, Filesystem, FsError, MkfsOptions};

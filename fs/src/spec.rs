@@ -14,6 +14,8 @@
 //! fail=S-E  commands touching bytes S..E fail; lba-aligned; may repeat
 //! fail_after=N  every command after the first N fails
 //! offline   the device starts offline
+//! wcache=on a volatile write cache, on or off (default off): a completed write is not
+//!           durable until the next flush, and `DeviceQueue::power_cut` can lose it
 //! ```
 //!
 //! Sizes are integers with an optional 1024-based suffix `K`, `M`, `G` or `T`, optionally
@@ -64,6 +66,10 @@ pub struct EmulatedSpec {
     pub fail_after: Option<u64>,
     /// The device starts offline.
     pub offline: bool,
+    /// The device has a volatile write cache (`wcache=on`): completed writes are readable at
+    /// once but durable only after a flush, so a simulated power cut
+    /// ([`DeviceQueue::power_cut`](crate::DeviceQueue::power_cut)) can lose or tear them.
+    pub write_cache: bool,
 }
 
 /// Where an emulated device keeps its bytes.
@@ -106,7 +112,7 @@ pub enum SpecError {
     /// A key this parser does not know.
     #[error(
         "emulated device spec `{spec}`: unknown key `{key}` \
-         (known: size, lba, mdts, qd, bw, lat, fail, fail_after, offline)"
+         (known: size, lba, mdts, qd, bw, lat, fail, fail_after, offline, wcache)"
     )]
     UnknownKey {
         /// The whole spec.
@@ -322,6 +328,15 @@ fn bandwidth_value(s: &str) -> Result<u64, &'static str> {
     }
 }
 
+/// A switch: `on` or `off`.
+fn switch_value(s: &str) -> Result<bool, &'static str> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("expected on or off"),
+    }
+}
+
 /// A fail range `START-END`, both sizes.
 fn range_value(s: &str) -> Result<Range<u64>, &'static str> {
     let (start, end) = s
@@ -362,7 +377,7 @@ impl EmulatedSpec {
     /// The largest queue depth accepted.
     pub const MAX_QUEUE_DEPTH: u32 = 4096;
     /// The keys a spec may hold.
-    const KEYS: [&'static str; 9] = [
+    const KEYS: [&'static str; 10] = [
         "size",
         "lba",
         "mdts",
@@ -372,6 +387,7 @@ impl EmulatedSpec {
         "fail",
         "fail_after",
         "offline",
+        "wcache",
     ];
 
     /// A device on `backing` with every setting at its default (no size, no faults).
@@ -387,6 +403,7 @@ impl EmulatedSpec {
             fail_ranges: Vec::new(),
             fail_after: None,
             offline: false,
+            write_cache: false,
         }
     }
 
@@ -451,6 +468,7 @@ impl EmulatedSpec {
             "fail" => self.fail_ranges.push(item.value(range_value)?),
             "fail_after" => self.fail_after = Some(item.value(count_value)?),
             "offline" => self.offline = item.flag()?,
+            "wcache" => self.write_cache = item.value(switch_value)?,
             key => {
                 return Err(SpecError::UnknownKey {
                     spec: item.spec.into(),
@@ -655,6 +673,9 @@ impl EmulatedSpec {
         if self.offline {
             write!(f, ",offline")?;
         }
+        if self.write_cache {
+            write!(f, ",wcache=on")?;
+        }
         Ok(())
     }
 }
@@ -748,7 +769,7 @@ mod tests {
     #[test]
     fn emulated_every_key() {
         let text = "emu:mem,size=1G,lba=512,mdts=64K,qd=8,bw=500M,lat=20us,\
-                    fail=0-4K,fail=1M-2M,fail_after=1000,offline";
+                    fail=0-4K,fail=1M-2M,fail_after=1000,offline,wcache=on";
         let spec = emu(text);
         let want = EmulatedSpec {
             backing: Backing::Memory,
@@ -761,6 +782,7 @@ mod tests {
             fail_ranges: vec![0..4096, (1 << 20)..(2 << 20)],
             fail_after: Some(1000),
             offline: true,
+            write_cache: true,
         };
         assert_eq!(spec, want);
         assert_eq!(spec.to_string(), text);
@@ -858,6 +880,27 @@ mod tests {
         bad_value("emu:/x,fail_after=-1", "fail_after");
         bad_value("emu:/x,qd=8K", "qd");
         assert!(matches!(err("emu:/x,lba=4K0"), SpecError::BadValue { .. }));
+    }
+
+    #[test]
+    fn write_cache_switch() {
+        assert!(!emu("emu:/x").write_cache);
+        assert!(emu("emu:/x,wcache=on").write_cache);
+        assert!(!emu("emu:/x,wcache=off").write_cache);
+        assert_eq!(emu("emu:/x,wcache=on").to_string(), "emu:/x,wcache=on");
+        assert_eq!(emu("emu:/x,wcache=off").to_string(), "emu:/x");
+        assert_eq!(
+            err("emu:/x,wcache=yes").to_string(),
+            "emulated device spec `emu:/x,wcache=yes`: bad wcache `yes`: expected on or off"
+        );
+        assert!(matches!(
+            err("emu:/x,wcache"),
+            SpecError::MissingValue { ref key, .. } if key == "wcache"
+        ));
+        assert!(matches!(
+            err("emu:/x,wcache=on,wcache=off"),
+            SpecError::DuplicateKey { ref key, .. } if key == "wcache"
+        ));
     }
 
     #[test]
@@ -1012,19 +1055,23 @@ mod tests {
                     ranges,
                     prop::option::of(any::<u64>()),
                     any::<bool>(),
+                    any::<bool>(),
                 )
                     .prop_map(
-                        move |(size, mdts, qd, bw, lat, fail, after, offline)| EmulatedSpec {
-                            backing: backing.clone(),
-                            size,
-                            lba,
-                            mdts,
-                            queue_depth: qd,
-                            bandwidth: bw,
-                            latency: lat,
-                            fail_ranges: fail,
-                            fail_after: after,
-                            offline,
+                        move |(size, mdts, qd, bw, lat, fail, after, offline, wcache)| {
+                            EmulatedSpec {
+                                backing: backing.clone(),
+                                size,
+                                lba,
+                                mdts,
+                                queue_depth: qd,
+                                bandwidth: bw,
+                                latency: lat,
+                                fail_ranges: fail,
+                                fail_after: after,
+                                offline,
+                                write_cache: wcache,
+                            }
                         },
                     )
             })

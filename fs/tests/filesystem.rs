@@ -827,10 +827,12 @@ fn statfs_while_open_files_are_unlinked_and_released_does_not_deadlock() {
     );
     writer.join().expect("writer");
     assert!(watcher.join().expect("statfs thread") > 0);
+    // Freed space is reused only once the free is durable.
+    fs.sync().expect("commit");
     assert_eq!(
         fs.statfs().bfree,
         free_before,
-        "every released file's space is free again"
+        "every released file's space is free again once the release is committed"
     );
 }
 

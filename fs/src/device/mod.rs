@@ -6,13 +6,22 @@
 //! under a per-device lock. Completions are drained by the threads that wait for them (they
 //! poll the rings they submitted to); one reaper thread per device drains while no I/O
 //! context uses the device, and stands by otherwise.
+//!
+//! For crash-consistency tests, an emulated device can have a volatile write cache and
+//! lose what was not flushed in a simulated power cut ([`DeviceQueue::power_cut`], module
+//! `wcache`), and any device can record its writes and flushes ([`DeviceQueue::record_to`],
+//! module `record`).
 
 mod emulation;
+mod image;
 pub(crate) mod notify;
+mod observe;
 mod probe;
 mod reaper;
+mod record;
 mod ring;
 mod watch;
+mod wcache;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +39,8 @@ use crate::spec::{Backing, DeviceSpec, EmulatedSpec};
 
 pub use emulation::{Faults, TimingModel};
 pub use probe::DeviceKind;
+pub use record::{WriteEvent, WriteLog};
+pub use wcache::{PowerCut, PowerCutReport};
 
 /// Fixed-buffer slots registered (sparse) on every ring: each holds up to 1 GiB.
 const FIXED_SLOTS: u16 = 1024;
@@ -85,6 +96,8 @@ struct InFlight {
     len: u64,
     injected: Option<i32>,
     deadline: Option<Instant>,
+    /// The write's pre-image, on a device with a write cache.
+    cached: Option<wcache::Pending>,
 }
 
 struct SubmitState {
@@ -130,6 +143,10 @@ pub(crate) struct DeviceShared {
     /// Entries are queued in the ring but not yet submitted (a busy device submits them at
     /// its next drain, many at once).
     deferred: AtomicBool,
+    /// The volatile write cache (`wcache=on`), which also knows whether the power is cut.
+    wcache: Option<wcache::WriteCache>,
+    /// Where writes and flushes are recorded, once [`DeviceQueue::record_to`] was called.
+    recorder: record::Recorder,
 }
 
 /// A device with its own io_uring queue. Dropping it waits for its in-flight commands.
@@ -157,6 +174,7 @@ impl DeviceQueue {
             depth: options.queue_depth.clamp(1, 4096),
             timing: TimingModel::default(),
             faults: Faults::default(),
+            write_cache: false,
         };
         Self::start(probed, config)
     }
@@ -203,6 +221,7 @@ impl DeviceQueue {
                 latency: spec.latency,
             },
             faults,
+            write_cache: spec.write_cache,
         };
         Self::start(probed, config)
     }
@@ -262,6 +281,8 @@ impl DeviceQueue {
             standby,
             watch: watch::Watch::default(),
             deferred: AtomicBool::new(false),
+            wcache: config.write_cache.then(wcache::WriteCache::default),
+            recorder: record::Recorder::default(),
         });
         let reaper_shared = shared.clone();
         let reaper = std::thread::Builder::new()
@@ -341,18 +362,30 @@ impl DeviceQueue {
         self.shared.clone()
     }
 
-    /// Flushes the device's volatile cache (fdatasync).
+    /// Flushes the device's volatile cache (fdatasync): every write completed before the
+    /// call is durable once it returns. A recording device logs the flush as it begins.
     pub fn sync(&self) -> Result<(), Error> {
-        self.shared
-            .file
-            .sync_data()
-            .map_err(|source| Error::DeviceIo {
-                device: self.shared.name.clone(),
-                op: Op::Write,
-                offset: 0,
-                len: 0,
-                source,
-            })
+        self.shared.flush()
+    }
+
+    /// From now on, every completed write and every flush of this device is appended to
+    /// `log` as device `index` (replacing a log given earlier).
+    pub fn record_to(&self, log: Arc<WriteLog>, index: usize) {
+        self.shared.recorder.attach(log, index);
+    }
+
+    /// Simulates a power cut on a device with a write cache: the backing is put back to its
+    /// durable contents plus what `policy` keeps of the unflushed writes (Random: each write
+    /// kept with probability 1/2, applied in submission order, and at most one kept write
+    /// torn: only a random subset of its lba blocks lands). Commands in flight are waited
+    /// for first, and count as unflushed. Afterwards every command on this queue fails with
+    /// `Error::DeviceOffline` (the machine is "off"); drop the queue and reopen the same spec
+    /// to "power on" (use a file-backed emu device for that: `emu:/path,size=..,wcache=on`).
+    ///
+    /// A device without a write cache refuses with `Error::Emulation`; one already cut, with
+    /// `Error::DeviceOffline`.
+    pub fn power_cut(&self, policy: PowerCut) -> Result<PowerCutReport, Error> {
+        self.shared.power_cut(policy)
     }
 
     /// Submits `pieces` of one request as one batch (one lock, one submit call), each split
@@ -397,6 +430,7 @@ struct Config {
     depth: u32,
     timing: TimingModel,
     faults: Faults,
+    write_cache: bool,
 }
 
 impl Drop for DeviceQueue {
@@ -491,6 +525,12 @@ impl DeviceShared {
                 device: self.name.clone(),
             });
         }
+        // Also under the lock: a power cut waits for what is in flight once it has set this.
+        if self.is_powered_off() {
+            return request.fail(Error::DeviceOffline {
+                device: self.name.clone(),
+            });
+        }
         // An idle device starts at once; a busy one submits at its next completion, in a batch.
         let busy = state.free.len() < self.depth as usize;
         let mut queued = 0usize;
@@ -568,7 +608,8 @@ impl DeviceShared {
         region: stripefs_mapping::FixedRegion,
         request: &Arc<RequestSlot>,
     ) {
-        let injected = self.faults.check(offset, len);
+        let mut injected = self.faults.check(offset, len);
+        let cached = self.pre_image(op, offset, len, &mut injected);
         let deadline = self.timing.is_active().then(|| {
             self.timing
                 .schedule(&mut state.channel, Instant::now(), len)
@@ -581,6 +622,7 @@ impl DeviceShared {
             len,
             injected,
             deadline,
+            cached,
         });
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
         let entry = match (injected, op) {
@@ -667,7 +709,7 @@ impl Importer for DeviceShared {
         if self.closed.load(Ordering::Acquire) {
             return Err(ImportError::Closed);
         }
-        if self.faults.is_offline() {
+        if self.faults.is_offline() || self.is_powered_off() {
             return Err(ImportError::Offline);
         }
         let chunks: Vec<_> = memory.chunks().collect();

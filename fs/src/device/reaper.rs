@@ -94,7 +94,7 @@ impl DeviceShared {
     }
 
     fn complete(&self, id: u32, result: i32, freed: &mut Vec<u32>) -> usize {
-        let Some(cmd) = self
+        let Some(mut cmd) = self
             .inflight
             .get(id as usize)
             .and_then(|slot| slot.lock().take())
@@ -103,6 +103,8 @@ impl DeviceShared {
         };
         freed.push(id);
         let outcome = self.outcome(&cmd, result);
+        // The write cache and the recorder see a write before its request completes.
+        let outcome = self.observe_write(&mut cmd, outcome);
         self.count(&cmd, outcome.is_ok());
         cmd.request.complete_part(outcome);
         1

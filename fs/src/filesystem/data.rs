@@ -133,11 +133,26 @@ impl Filesystem {
         self.transfer(Op::Read, &pieces, target)
     }
 
-    /// Writes the block-aligned file range `a0..a1` from `target`, allocating holes first and
-    /// recording the new extents once the data is on the devices.
-    fn write_aligned(&self, ino: u64, a0: u64, a1: u64, target: Target<'_>) -> Result<(), FsError> {
+    /// Writes the block-aligned file range `a0..a1` from `target`, allocating holes first.
+    /// Once the data is on the devices, one change records the new extents together with
+    /// the file's new size (at least `grow_to`, when given) and times, so that no crash can
+    /// leave extents past the end of the file or a size whose blocks are not recorded.
+    fn write_aligned(
+        &self,
+        ino: u64,
+        (a0, a1): (u64, u64),
+        target: Target<'_>,
+        grow_to: Option<u64>,
+    ) -> Result<(), FsError> {
         let mut pieces = resolve(&self.meta.read(), ino, a0, a1 - a0)?;
-        let fresh = self.allocate_holes(ino, &mut pieces)?;
+        let fresh = match self.allocate_holes(ino, &mut pieces) {
+            // Space freed by changes not yet durable comes back with a commit.
+            Err(FsError::NoSpace(_)) if self.has_busy_space() => {
+                self.sync()?;
+                self.allocate_holes(ino, &mut pieces)?
+            }
+            other => other?,
+        };
         if let Err(e) = self.transfer(Op::Write, &pieces, target) {
             let mut alloc = self.alloc.lock();
             for (_, device, e2) in &fresh {
@@ -145,7 +160,7 @@ impl Filesystem {
             }
             return Err(e);
         }
-        let records = fresh
+        let mut records: Vec<Record> = fresh
             .iter()
             .map(|(column, _, e)| Record::Extent {
                 ino,
@@ -156,6 +171,13 @@ impl Filesystem {
             })
             .collect();
         let mut meta = self.meta.write();
+        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+        let mut r = inode.record.clone();
+        let t = now();
+        r.size = r.size.max(grow_to.unwrap_or(0));
+        r.mtime = t;
+        r.ctime = t;
+        records.push(Record::Inode(r));
         self.change(&mut meta, records)
     }
 
@@ -274,16 +296,18 @@ impl Filesystem {
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let lock = self.data_lock(ino);
         let _exclusive = lock.write();
-        let size = self.file_size(ino)?;
-        let end = check_range(offset, data.len() as u64)?;
-        self.write_bounced(ino, offset, data)?;
-        self.set_size_after_write(ino, size.max(end))?;
+        self.file_size(ino)?;
+        check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.write_bounced(ino, offset, data, true)?;
         Ok(data.len() as u32)
     }
 
     /// Writes `data` at `offset` through bounce buffers (read-modify-write of partial
-    /// blocks). Does not change the size.
-    fn write_bounced(&self, ino: u64, offset: u64, data: &[u8]) -> Result<(), FsError> {
+    /// blocks); with `grow`, the file grows to cover each piece as it is written.
+    fn write_bounced(&self, ino: u64, offset: u64, data: &[u8], grow: bool) -> Result<(), FsError> {
         let bounce = self.pool.take()?;
         let target = bounce_target(&bounce.mapping);
         for w in windows(offset, data.len() as u64) {
@@ -301,20 +325,9 @@ impl Filesystem {
                 .buffer
                 .write_at(w.w0 - w.a0, &data[w.range(offset)])
                 .map_err(Error::from)?;
-            self.write_aligned(ino, w.a0, w.a1, target)?;
+            self.write_aligned(ino, (w.a0, w.a1), target, grow.then_some(w.w1))?;
         }
         Ok(())
-    }
-
-    fn set_size_after_write(&self, ino: u64, size: u64) -> Result<(), FsError> {
-        let mut meta = self.meta.write();
-        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-        let mut r = inode.record.clone();
-        let t = now();
-        r.size = size;
-        r.mtime = t;
-        r.ctime = t;
-        self.change(&mut meta, vec![Record::Inode(r)])
     }
 
     /// Sets the size; space past the new end is released and reads there return zeros.
@@ -331,7 +344,7 @@ impl Filesystem {
         if new_size < size && !new_size.is_multiple_of(BLOCK_SIZE) {
             // Keep "bytes past the end of the last block are zero", so growing later reads zeros.
             let zeros = vec![0u8; (round_up(new_size) - new_size) as usize];
-            self.write_bounced(ino, new_size, &zeros)?;
+            self.write_bounced(ino, new_size, &zeros, false)?;
         }
         let mut meta = self.meta.write();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
@@ -543,11 +556,11 @@ impl Filesystem {
     ) -> Result<u64, FsError> {
         let ino = self.registered_file(mapping)?;
         check_buffer(mapping, buffer_offset, len)?;
-        let end = check_range(offset, len)?;
+        check_range(offset, len)?;
         {
             let lock = self.data_lock(ino);
             let _exclusive = lock.write();
-            let size = self.file_size(ino)?;
+            self.file_size(ino)?;
             let buffer = mapping.buffer();
             for part in split(offset, buffer_offset, len) {
                 if part.direct {
@@ -556,16 +569,16 @@ impl Filesystem {
                         by: AttachBy::Column,
                         offset: part.buffer_offset,
                     };
-                    self.write_aligned(ino, part.offset, part.offset + part.len, target)?;
+                    let end = part.offset + part.len;
+                    self.write_aligned(ino, (part.offset, end), target, Some(end))?;
                 } else {
                     let mut bytes = vec![0u8; part.len as usize];
                     buffer
                         .read_at(part.buffer_offset, &mut bytes)
                         .map_err(Error::from)?;
-                    self.write_bounced(ino, part.offset, &bytes)?;
+                    self.write_bounced(ino, part.offset, &bytes, true)?;
                 }
             }
-            self.set_size_after_write(ino, size.max(end))?;
         }
         self.invalidate(ino);
         Ok(len)

@@ -26,6 +26,9 @@ pub struct FsckReport {
     pub bytes_stored: u64,
     pub checkpoint_generation: u64,
     pub log_entries: u64,
+    /// Checkpoints passed over for an older valid one (a crash while one was written is not
+    /// damage: mount uses the older one and its log).
+    pub passed_over: Vec<String>,
 }
 
 impl FsckReport {
@@ -45,6 +48,7 @@ pub fn fsck(devices: &[DeviceQueue]) -> Result<FsckReport, FsError> {
     let mut report = FsckReport {
         checkpoint_generation: loaded.journal.generation(),
         log_entries: loaded.log_entries,
+        passed_over: loaded.skipped.clone(),
         ..FsckReport::default()
     };
     let mut metadata = Metadata::default();

@@ -5,7 +5,9 @@
 //! numbers 1, 2, 3… Mount takes the newest valid checkpoint and replays its log up to the first
 //! entry that is missing or torn; a commit that did not finish is simply not there.
 
-use stripefs_layout::ondisk::{self, CheckpointHeader, LOG_BLOCK, Record, Superblock};
+use stripefs_layout::ondisk::{
+    self, CHECKPOINT_HEADER_LEN, CheckpointHeader, LOG_BLOCK, Record, Superblock,
+};
 
 use super::bounce::{BouncePool, read_device, write_device};
 use super::error::FsError;
@@ -64,6 +66,8 @@ pub(crate) struct Loaded {
     pub journal: Journal,
     pub records: Vec<Record>,
     pub log_entries: u64,
+    /// Newer or other checkpoints that were passed over, and why (for fsck).
+    pub skipped: Vec<String>,
 }
 
 impl Journal {
@@ -82,7 +86,13 @@ impl Journal {
         self.generation
     }
 
-    /// Reads the newest checkpoint and its log from the replica that has the most of it.
+    /// Reads the newest checkpoint that is whole (header and payload check) and its log,
+    /// from the replica that has the most of it.
+    ///
+    /// A checkpoint torn by a crash (its header written, its payload not, or an old header
+    /// over a payload half overwritten) fails its payload checksum: the next older valid
+    /// checkpoint is used, whose log is intact because a generation's log is written only
+    /// after its checkpoint is durable.
     pub(crate) fn load(
         devices: &[DeviceQueue],
         pool: &BouncePool,
@@ -93,74 +103,80 @@ impl Journal {
         for area in &areas {
             for slot in 0..2u64 {
                 match read_header(devices, pool, area, area.offset + slot * area.slot_len()) {
-                    Ok(h) => candidates.push((h, *area)),
+                    Ok(h) if h.generation % 2 == slot => candidates.push((h, *area)),
+                    Ok(h) => problems.push(format!(
+                        "{} slot {slot}: checkpoint of generation {} in the wrong slot",
+                        devices[area.device].name(),
+                        h.generation
+                    )),
                     Err(e) => {
                         problems.push(format!("{} slot {slot}: {e}", devices[area.device].name()))
                     }
                 }
             }
         }
-        let best = candidates
-            .iter()
-            .map(|(h, _)| h.generation)
-            .max()
-            .ok_or_else(|| FsError::Corrupt {
-                device: areas
-                    .first()
-                    .map_or_else(String::new, |a| devices[a.device].name().to_string()),
-                what: format!(
-                    "no valid metadata checkpoint on any replica ({})",
-                    problems.join("; ")
-                ),
-            })?;
-        let mut best_load: Option<Loaded> = None;
-        let mut errors = Vec::new();
-        for (header, area) in candidates.iter().filter(|(h, _)| h.generation == best) {
-            match load_replica(devices, pool, area, header) {
-                Ok((records, entries, log_pos)) => {
-                    if best_load.as_ref().is_none_or(|b| entries > b.log_entries) {
-                        best_load = Some(Loaded {
-                            journal: Journal {
-                                areas: areas.clone(),
-                                generation: best,
-                                next_seq: entries + 1,
-                                log_pos,
-                            },
-                            records,
-                            log_entries: entries,
-                        });
+        let mut generations: Vec<u64> = candidates.iter().map(|(h, _)| h.generation).collect();
+        generations.sort_unstable_by(|a, b| b.cmp(a));
+        generations.dedup();
+        for generation in generations {
+            let mut best_load: Option<Loaded> = None;
+            for (header, area) in candidates
+                .iter()
+                .filter(|(h, _)| h.generation == generation)
+            {
+                match load_replica(devices, pool, area, header) {
+                    Ok((records, entries, log_pos)) => {
+                        if best_load.as_ref().is_none_or(|b| entries > b.log_entries) {
+                            best_load = Some(Loaded {
+                                journal: Journal {
+                                    areas: areas.clone(),
+                                    generation,
+                                    next_seq: entries + 1,
+                                    log_pos,
+                                },
+                                records,
+                                log_entries: entries,
+                                skipped: problems.clone(),
+                            });
+                        }
                     }
+                    Err(e) => problems.push(e.to_string()),
                 }
-                Err(e) => errors.push(e),
+            }
+            if let Some(loaded) = best_load {
+                return Ok(loaded);
             }
         }
-        match best_load {
-            Some(l) => Ok(l),
-            None => Err(errors.into_iter().next().unwrap_or(FsError::Corrupt {
-                device: String::new(),
-                what: "no replica could be read".into(),
-            })),
-        }
+        Err(FsError::Corrupt {
+            device: areas
+                .first()
+                .map_or_else(String::new, |a| devices[a.device].name().to_string()),
+            what: format!(
+                "no valid metadata checkpoint on any replica ({})",
+                problems.join("; ")
+            ),
+        })
     }
 
-    /// Appends one entry with `records` to every replica's log, or — when the log is full —
-    /// writes a checkpoint of `snapshot()` instead (which includes them).
-    pub(crate) fn commit(
+    /// Appends one entry with `records` to every replica's log, after flushing every device
+    /// (the data the records point at must be durable before they are). Returns `false`,
+    /// having written nothing, when the entry does not fit in the log: the caller then
+    /// writes a checkpoint instead.
+    pub(crate) fn append(
         &mut self,
         devices: &[DeviceQueue],
         pool: &BouncePool,
         records: &[Record],
-        snapshot: impl FnOnce() -> Vec<Record>,
-    ) -> Result<(), FsError> {
+    ) -> Result<bool, FsError> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let entry = ondisk::encode_entry(self.generation, self.next_seq, records);
         let log_len = self.areas.iter().map(MetaArea::log_len).min().unwrap_or(0);
         if self.log_pos + entry.len() as u64 > log_len {
-            return self.checkpoint(devices, pool, &snapshot());
+            return Ok(false);
         }
-        flush(devices, devices.iter().enumerate().map(|(i, _)| i))?;
+        flush(devices, 0..devices.len())?;
         for area in &self.areas {
             write_device(
                 devices,
@@ -173,7 +189,7 @@ impl Journal {
         flush(devices, self.areas.iter().map(|a| a.device))?;
         self.log_pos += entry.len() as u64;
         self.next_seq += 1;
-        Ok(())
+        Ok(true)
     }
 
     /// Writes a checkpoint of generation+1 to every replica; the log starts over.
@@ -192,14 +208,29 @@ impl Journal {
                 available,
             });
         }
-        flush(devices, devices.iter().enumerate().map(|(i, _)| i))?;
+        // Data first (the checkpoint points at it), then every replica's payload, then —
+        // once the payloads are durable — the headers that make them valid. A crash in
+        // between leaves the older checkpoint (in the other slot) and its log as they were.
+        flush(devices, 0..devices.len())?;
+        let (header, payload) = image.split_at(CHECKPOINT_HEADER_LEN);
+        for area in &self.areas {
+            let at = area.slot_offset(generation);
+            write_device(
+                devices,
+                pool,
+                area.device,
+                at + header.len() as u64,
+                payload,
+            )?;
+        }
+        flush(devices, self.areas.iter().map(|a| a.device))?;
         for area in &self.areas {
             write_device(
                 devices,
                 pool,
                 area.device,
                 area.slot_offset(generation),
-                &image,
+                header,
             )?;
         }
         flush(devices, self.areas.iter().map(|a| a.device))?;

@@ -7,6 +7,7 @@
 //! unmount) writes the queue to the log on every metadata replica.
 
 mod bounce;
+mod commit;
 mod data;
 mod error;
 mod format;
@@ -41,6 +42,7 @@ pub use format::{BLOCK_SIZE, MkfsOptions, hex};
 pub use fsck::{FsckReport, fsck};
 
 use bounce::BouncePool;
+use commit::{CommitGate, Lsn, Pending};
 use journal::Journal;
 
 /// Longest file name, in bytes.
@@ -131,7 +133,8 @@ pub struct Filesystem {
     pool: BouncePool,
     meta: RwLock<Metadata>,
     alloc: Mutex<Allocator>,
-    pending: Mutex<Vec<Record>>,
+    pending: Mutex<Pending>,
+    commits: CommitGate,
     journal: Mutex<Journal>,
     open_files: Mutex<HashMap<u64, u32>>,
     data_locks: DashMap<u64, Arc<RwLock<()>>>,
@@ -244,7 +247,8 @@ impl Filesystem {
             superblocks,
             meta: RwLock::new(metadata),
             alloc: Mutex::new(alloc),
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending::default()),
+            commits: CommitGate::default(),
             journal: Mutex::new(loaded.journal),
             open_files: Mutex::new(HashMap::new()),
             data_locks: DashMap::new(),
@@ -316,41 +320,81 @@ impl Filesystem {
         }
     }
 
-    /// Writes queued metadata changes to the log (after flushing the data devices).
+    /// Makes every metadata change made so far durable (and the data they point at): the
+    /// log gets one entry with every queued change, after the data devices are flushed.
+    /// Concurrent callers share one commit.
     pub fn sync(&self) -> Result<(), FsError> {
-        let mut journal = self.journal.lock();
-        let records = std::mem::take(&mut *self.pending.lock());
-        let result = journal.commit(&self.devices, &self.pool, &records, || self.snapshot());
-        if result.is_err() {
-            // Keep them for the next attempt, ahead of anything queued meanwhile.
-            let mut pending = self.pending.lock();
-            let later = std::mem::replace(&mut *pending, records);
-            pending.extend(later);
-        }
-        result
+        let target = self.pending.lock().last();
+        self.commits
+            .commit_through(Some(target), || self.write_log())
     }
 
     /// Writes a checkpoint of the whole metadata (the log starts over).
     pub fn checkpoint(&self) -> Result<(), FsError> {
-        let mut journal = self.journal.lock();
-        let (records, taken) = {
-            let meta = self.meta.read();
-            let taken = std::mem::take(&mut *self.pending.lock());
-            (meta.snapshot(), taken)
-        };
-        let result = journal.checkpoint(&self.devices, &self.pool, &records);
-        if result.is_err() {
-            let mut pending = self.pending.lock();
-            let later = std::mem::replace(&mut *pending, taken);
-            pending.extend(later);
-        }
-        result
+        self.commits.commit_through(None, || {
+            let mut journal = self.journal.lock();
+            self.write_checkpoint(&mut journal)
+        })
     }
 
-    fn snapshot(&self) -> Vec<Record> {
-        let meta = self.meta.read();
-        // Everything queued is already applied to `meta`, so the snapshot includes it.
-        meta.snapshot()
+    /// One commit: the queued changes go to the log, or — when the log is full — into a
+    /// checkpoint. Returns the last change it made durable.
+    fn write_log(&self) -> Result<Lsn, FsError> {
+        let mut journal = self.journal.lock();
+        let cut = self.pending.lock().take();
+        match journal.append(&self.devices, &self.pool, &cut.records) {
+            Ok(true) => {
+                self.settle(cut.through);
+                Ok(cut.through)
+            }
+            Ok(false) => {
+                self.pending.lock().restore(cut);
+                self.write_checkpoint(&mut journal)
+            }
+            Err(e) => {
+                self.pending.lock().restore(cut);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes a checkpoint of the metadata and empties the queue, both cut at the same
+    /// change (under the metadata lock, so no change falls between the snapshot and the cut:
+    /// a change in both would be replayed twice, one in neither would be lost).
+    fn write_checkpoint(&self, journal: &mut Journal) -> Result<Lsn, FsError> {
+        let (snapshot, cut) = {
+            let meta = self.meta.read();
+            let cut = self.pending.lock().take();
+            (meta.snapshot(), cut)
+        };
+        match journal.checkpoint(&self.devices, &self.pool, &snapshot) {
+            Ok(()) => {
+                self.settle(cut.through);
+                Ok(cut.through)
+            }
+            Err(e) => {
+                self.pending.lock().restore(cut);
+                Err(e)
+            }
+        }
+    }
+
+    /// The changes through `durable` are on the log: the space they freed can be reused.
+    fn settle(&self, durable: Lsn) {
+        let free = self.pending.lock().settle(durable);
+        if free.is_empty() {
+            return;
+        }
+        let mut alloc = self.alloc.lock();
+        for b in free {
+            alloc.release(usize::from(b.device), b.start, b.len);
+        }
+    }
+
+    /// Whether freed space waits for a commit (an allocation that failed may succeed after
+    /// one).
+    fn has_busy_space(&self) -> bool {
+        self.pending.lock().has_busy()
     }
 
     /// Commits, checkpoints and stops the committer: a clean unmount.
@@ -360,24 +404,26 @@ impl Filesystem {
             entry.value().1.revoke();
         }
         self.registrations.clear();
+        // The log first: should the checkpoint be torn by a crash, mount falls back to the
+        // previous checkpoint and this log, and loses nothing.
+        self.sync()?;
         self.checkpoint()
     }
 
-    /// Applies `records` and queues them for the log. Freed space returns to the allocator.
-    /// Refused with `MetadataFull` (ENOSPC) when the metadata could no longer be checkpointed,
-    /// so that nothing is acknowledged that cannot be made durable.
+    /// Applies `records` (one change, made durable as a whole) and queues them for the log.
+    /// The space they free stays busy until the change is durable. Refused with
+    /// `MetadataFull` (ENOSPC) when the metadata could no longer be checkpointed, so that
+    /// nothing is acknowledged that cannot be made durable.
     fn change(&self, meta: &mut Metadata, records: Vec<Record>) -> Result<(), FsError> {
         self.reserve_metadata(meta, &records)?;
         let mut pending = self.pending.lock();
+        let lsn = pending.begin();
         for r in records {
-            let freed = meta.apply(&r)?;
-            if !freed.is_empty() {
-                let mut alloc = self.alloc.lock();
-                for (device, start, len) in freed {
-                    alloc.release(usize::from(device), start, len);
-                }
+            if let Some(ino) = moves_data(meta, &r) {
+                pending.touch_data(ino, lsn);
             }
-            pending.push(r);
+            let freed = meta.apply(&r)?;
+            pending.push(lsn, r, freed);
         }
         Ok(())
     }
@@ -843,10 +889,37 @@ impl Filesystem {
         self.open_files.lock().get(&ino).is_some_and(|&n| n > 0)
     }
 
-    /// Makes the file's data and metadata durable.
+    /// Makes the file's data and metadata durable (with every other change made before:
+    /// one log, one order).
     pub fn fsync(&self, ino: u64) -> Result<(), FsError> {
         self.getattr(ino)?;
         self.sync()
+    }
+
+    /// Makes the file's data durable, and the metadata needed to read it back (its size and
+    /// where its blocks are); a change of times or mode alone is not waited for. When that
+    /// metadata is durable already, only the file's devices are flushed.
+    pub fn fdatasync(&self, ino: u64) -> Result<(), FsError> {
+        let devices: Vec<usize> = {
+            let meta = self.meta.read();
+            let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+            match &inode.record.layout {
+                Some(l) => l.devices.iter().map(|&d| usize::from(d)).collect(),
+                None => Vec::new(),
+            }
+        };
+        let target = self.pending.lock().data_lsn(ino);
+        if target > self.commits.durable() {
+            return self
+                .commits
+                .commit_through(Some(target), || self.write_log());
+        }
+        for d in devices {
+            if let Some(device) = self.devices.get(d) {
+                device.sync()?;
+            }
+        }
+        Ok(())
     }
 
     fn data_lock(&self, ino: u64) -> Arc<RwLock<()>> {
@@ -949,6 +1022,19 @@ fn is_ancestor(meta: &Metadata, ancestor: u64, mut ino: u64) -> bool {
         }
     }
     true
+}
+
+/// The inode whose data mapping or size `record` changes, if it does (read before it is
+/// applied).
+fn moves_data(meta: &Metadata, record: &Record) -> Option<u64> {
+    match record {
+        Record::Extent { ino, .. } | Record::TruncateExtents { ino, .. } => Some(*ino),
+        Record::Inode(r) => match meta.get(r.ino) {
+            Some(old) if old.record.size == r.size && old.record.layout == r.layout => None,
+            _ => Some(r.ino),
+        },
+        _ => None,
+    }
 }
 
 fn file_type(kind: InodeKind) -> FileType {

@@ -1,0 +1,274 @@
+//! The crash-point harness: workloads, the reference model and the crash images.
+
+pub mod images;
+pub mod model;
+pub mod workload;
+
+use stripefs_fs::MkfsOptions;
+use workload::{Op, Workload};
+
+/// Devices of every workload, and their size.
+pub const DEVICES: usize = 4;
+pub const DEVICE_SIZE: u64 = 8 << 20;
+
+fn mkfs() -> MkfsOptions {
+    MkfsOptions {
+        stripe_unit: 16 << 10,
+        metadata_size: Some(1 << 20),
+        ..MkfsOptions::default()
+    }
+}
+
+fn write(path: &'static str, offset: u64, len: usize, seed: u64) -> Op {
+    Op::Write {
+        path,
+        offset,
+        len,
+        seed,
+    }
+}
+
+/// Every workload the harness runs.
+pub fn workloads() -> Vec<Workload> {
+    vec![
+        create_write_fsync(),
+        overwrite(),
+        append(),
+        rename_over(),
+        unlink_then_reuse(),
+        truncate_down_and_up(),
+        hard_links(),
+        xattrs_and_layouts(),
+        log_wrap(),
+        unmount_checkpoint(),
+    ]
+}
+
+fn create_write_fsync() -> Workload {
+    use Op::*;
+    Workload {
+        name: "create/write/fsync",
+        mkfs: mkfs(),
+        ops: vec![
+            Mkdir("d"),
+            Create("d/a"),
+            write("d/a", 0, 64 << 10, 1),
+            Fsync("d/a"),
+            Fsync("d"),
+            Create("d/b"),
+            write("d/b", 0, 200_000, 2),
+            Fsync("d"),
+            Create("c"),
+            write("c", 4096, 70_000, 3),
+            Sync,
+            Create("e"),
+            write("e", 0, 100, 4),
+        ],
+    }
+}
+
+fn overwrite() -> Workload {
+    use Op::*;
+    Workload {
+        name: "overwrite",
+        mkfs: mkfs(),
+        ops: vec![
+            Create("f"),
+            write("f", 0, 128 << 10, 1),
+            Fsync("f"),
+            write("f", 8192, 16 << 10, 2),
+            Fsync("f"),
+            write("f", 3000, 5000, 3),
+            Fdatasync("f"),
+            write("f", 100_000, 40_000, 4),
+            write("f", 0, 4096, 5),
+        ],
+    }
+}
+
+fn append() -> Workload {
+    use Op::*;
+    let mut ops = vec![Create("log")];
+    for i in 0..8u64 {
+        ops.push(write("log", i * 3000, 3000, 10 + i));
+        if i % 2 == 1 {
+            ops.push(Fsync("log"));
+        }
+        if i == 4 {
+            ops.push(Fdatasync("log"));
+        }
+    }
+    Workload {
+        name: "append",
+        mkfs: mkfs(),
+        ops,
+    }
+}
+
+fn rename_over() -> Workload {
+    use Op::*;
+    Workload {
+        name: "rename over an existing file",
+        mkfs: mkfs(),
+        ops: vec![
+            Create("a"),
+            write("a", 0, 50_000, 1),
+            Fsync("a"),
+            Fsync(""),
+            Create("a.tmp"),
+            write("a.tmp", 0, 90_000, 2),
+            Fsync("a.tmp"),
+            Rename("a.tmp", "a"),
+            Fsync(""),
+            Create("a.tmp"),
+            write("a.tmp", 0, 30_000, 3),
+            Rename("a.tmp", "a"),
+            Mkdir("sub"),
+            Rename("a", "sub/a"),
+        ],
+    }
+}
+
+fn unlink_then_reuse() -> Workload {
+    use Op::*;
+    Workload {
+        name: "unlink then reuse of the space",
+        mkfs: mkfs(),
+        ops: vec![
+            Create("a"),
+            write("a", 0, 1 << 20, 1),
+            Fsync("a"),
+            Fsync(""),
+            Unlink("a"),
+            Create("b"),
+            write("b", 0, 1 << 20, 2),
+            Create("c"),
+            write("c", 0, 512 << 10, 3),
+            Fsync("c"),
+            Unlink("b"),
+            Create("d"),
+            write("d", 0, 1 << 20, 4),
+        ],
+    }
+}
+
+fn truncate_down_and_up() -> Workload {
+    use Op::*;
+    Workload {
+        name: "truncate down and up",
+        mkfs: mkfs(),
+        ops: vec![
+            Create("f"),
+            write("f", 0, 300_000, 1),
+            Fsync("f"),
+            Truncate("f", 10_000),
+            write("f", 200_000, 8192, 2),
+            Truncate("f", 500_000),
+            Fsync("f"),
+            Truncate("f", 0),
+            write("f", 0, 20_000, 3),
+            Truncate("f", 70_001),
+            Fdatasync("f"),
+            Truncate("f", 4097),
+        ],
+    }
+}
+
+fn hard_links() -> Workload {
+    use Op::*;
+    Workload {
+        name: "hard links",
+        mkfs: mkfs(),
+        ops: vec![
+            Create("f"),
+            write("f", 0, 40_000, 1),
+            Mkdir("d"),
+            Link("f", "d/g"),
+            Fsync("f"),
+            Unlink("f"),
+            write("d/g", 40_000, 10_000, 2),
+            Fsync("d/g"),
+            Link("d/g", "h"),
+            Rename("d/g", "i"),
+            Unlink("h"),
+            Fsync("i"),
+            Mkdir("e"),
+            Fsync(""),
+            Rmdir("e"),
+            Rmdir("d"),
+        ],
+    }
+}
+
+fn xattrs_and_layouts() -> Workload {
+    use Op::*;
+    Workload {
+        name: "xattrs and layouts",
+        mkfs: mkfs(),
+        ops: vec![
+            Mkdir("n"),
+            SetLayout("n", "stripe_unit=8K,stripe_count=2"),
+            Create("n/x"),
+            write("n/x", 0, 300_000, 1),
+            SetXattr("n/x", "user.test.a", b"one"),
+            Fsync("n/x"),
+            SetXattr("n/x", "user.test.b", &[7u8; 2000]),
+            RemoveXattr("n/x", "user.test.a"),
+            Create("y"),
+            SetLayout("y", "stripe_unit=32K,stripe_count=3,devices=3:1:0"),
+            write("y", 0, 100_000, 2),
+            Symlink("n/s", "x"),
+            Fsync("y"),
+            SetXattr("n", "user.test.dir", b"d"),
+            Create("n/z"),
+            write("n/z", 0, 20_000, 3),
+        ],
+    }
+}
+
+/// Many small fsyncs: the log (512 KiB here) fills and a checkpoint takes its place,
+/// several times.
+fn log_wrap() -> Workload {
+    use Op::*;
+    const NAMES: [&str; 6] = ["w0", "w1", "w2", "w3", "w4", "w5"];
+    static VALUE: [u8; 3500] = [0x5a; 3500];
+    let mut ops = Vec::new();
+    for i in 0..200usize {
+        let name = NAMES[i % NAMES.len()];
+        if i >= NAMES.len() {
+            ops.push(Unlink(name));
+        }
+        ops.push(Create(name));
+        ops.push(write(name, 0, 4096 + (i % 3) * 3000, 100 + i as u64));
+        ops.push(SetXattr(name, "user.test.v", &VALUE));
+        ops.push(Fsync(name));
+    }
+    Workload {
+        name: "many small fsyncs that wrap the log",
+        mkfs: mkfs(),
+        ops,
+    }
+}
+
+fn unmount_checkpoint() -> Workload {
+    use Op::*;
+    Workload {
+        name: "checkpoint at unmount and mount",
+        mkfs: mkfs(),
+        ops: vec![
+            Mkdir("d"),
+            Create("d/a"),
+            write("d/a", 0, 100_000, 1),
+            Create("b"),
+            write("b", 0, 10_000, 2),
+            Remount,
+            Unlink("b"),
+            write("d/a", 50_000, 100_000, 3),
+            Create("c"),
+            write("c", 0, 1 << 20, 4),
+            Remount,
+            Truncate("d/a", 1000),
+            Fsync("d/a"),
+        ],
+    }
+}
