@@ -18,6 +18,9 @@ mod crash;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::sync::Arc;
+
+use crash::concurrent::{self, ConcurrentRun, Promises};
 use crash::images::{Replay, Variant};
 use crash::workload::{self, MARK_DATASYNC, MARK_FSYNC, MARK_START, Run};
 use crash::{DEVICE_SIZE, DEVICES};
@@ -63,14 +66,19 @@ fn crash_points() {
         let specs = workload::specs(&check_dir, DEVICES, DEVICE_SIZE);
         let before = (tally.checked, tally.violations.len());
         check_run(w.name, &run, &specs, full, &mut tally);
-        println!(
-            "{:<45} {:>5} events {:>5} images checked {:>3} violations  {:.1?}",
-            w.name,
-            run.events.len(),
-            tally.checked - before.0,
-            tally.violations.len() - before.1,
-            t0.elapsed()
-        );
+        report_line(w.name, run.events.len(), &tally, before, t0);
+    }
+    {
+        let t0 = Instant::now();
+        let dir = tempfile::tempdir_in(&root).expect("scratch dir");
+        let (run_dir, check_dir) = (dir.path().join("run"), dir.path().join("check"));
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        std::fs::create_dir_all(&check_dir).expect("check dir");
+        let run = concurrent::run(&run_dir, DEVICES, DEVICE_SIZE);
+        let specs = workload::specs(&check_dir, DEVICES, DEVICE_SIZE);
+        let before = (tally.checked, tally.violations.len());
+        check_concurrent(&run, &specs, full, &mut tally);
+        report_line(CONCURRENT_NAME, run.events.len(), &tally, before, t0);
     }
     for v in tally.violations.iter().take(20) {
         println!("VIOLATION {v}");
@@ -88,10 +96,20 @@ fn crash_points() {
     );
 }
 
-/// Walks the recording and checks the chosen crash points.
-fn check_run(name: &str, run: &Run, specs: &[DeviceSpec], full: bool, tally: &mut Tally) {
-    let writes: Vec<usize> = (0..run.events.len())
-        .filter(|&e| matches!(run.events[e], WriteEvent::Write { .. }))
+/// Walks a recording: every marker goes to `mark`; at each chosen crash point (after a
+/// write), `check` gets the images of every variant and returns why they are wrong, if
+/// they are.
+fn walk(
+    name: &str,
+    events: &[WriteEvent],
+    base: &[Vec<u8>],
+    full: bool,
+    tally: &mut Tally,
+    mut mark: impl FnMut(u64) -> String,
+    mut check: impl FnMut(&[Vec<u8>]) -> Result<(), String>,
+) {
+    let writes: Vec<usize> = (0..events.len())
+        .filter(|&e| matches!(events[e], WriteEvent::Write { .. }))
         .collect();
     let stride = if full {
         1
@@ -104,34 +122,19 @@ fn check_run(name: &str, run: &Run, specs: &[DeviceSpec], full: bool, tally: &mu
         .filter(|(i, _)| i % stride == 0 || *i + 1 == writes.len())
         .map(|(_, &e)| e)
         .collect();
-    let mut replay = Replay::new(run.base.clone());
-    let (mut started, mut durable) = (0usize, 0usize);
-    let mut datasynced: Vec<(usize, u64)> = Vec::new();
-    for (e, event) in run.events.iter().enumerate() {
+    let mut replay = Replay::new(base.to_vec());
+    let mut context = String::new();
+    for (e, event) in events.iter().enumerate() {
         replay.step(event);
         match event {
-            WriteEvent::Mark(tag) => {
-                let op = (tag >> 2) as usize;
-                match tag & 3 {
-                    MARK_START => started = op + 1,
-                    MARK_FSYNC => durable = op + 1,
-                    MARK_DATASYNC => {
-                        if let Some(&node) = run.datasync_nodes.get(&op) {
-                            datasynced.push((op + 1, node));
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            WriteEvent::Mark(tag) => context = mark(*tag),
             WriteEvent::Write { .. } if chosen.contains(&e) => {
                 for variant in variants(e as u64, replay.unflushed(), full) {
                     let (images, kept, torn) = replay.crash_images(variant);
                     tally.checked += 1;
-                    if let Err(why) =
-                        check_image(specs, &images, run, durable, started, &datasynced)
-                    {
+                    if let Err(why) = check(&images) {
                         tally.violations.push(format!(
-                            "[{name}] after event {e} ({variant:?}: kept {kept} of {} unflushed, {torn} torn; ops started {started}, durable through {durable}): {why}",
+                            "[{name}] after event {e} ({variant:?}: kept {kept} of {} unflushed, {torn} torn; {context}): {why}",
                             replay.unflushed()
                         ));
                     }
@@ -140,6 +143,73 @@ fn check_run(name: &str, run: &Run, specs: &[DeviceSpec], full: bool, tally: &mu
             _ => {}
         }
     }
+}
+
+/// Checks the chosen crash points of a sequential workload against its model.
+fn check_run(name: &str, run: &Run, specs: &[DeviceSpec], full: bool, tally: &mut Tally) {
+    let state = std::cell::Cell::new((0usize, 0usize));
+    let datasynced = std::cell::RefCell::new(Vec::<(usize, u64)>::new());
+    walk(
+        name,
+        &run.events,
+        &run.base,
+        full,
+        tally,
+        |tag| {
+            let op = (tag >> 2) as usize;
+            let (mut started, mut durable) = state.get();
+            match tag & 3 {
+                MARK_START => started = op + 1,
+                MARK_FSYNC => durable = op + 1,
+                MARK_DATASYNC => {
+                    if let Some(&node) = run.datasync_nodes.get(&op) {
+                        datasynced.borrow_mut().push((op + 1, node));
+                    }
+                }
+                _ => {}
+            }
+            state.set((started, durable));
+            format!("ops started {started}, durable through {durable}")
+        },
+        |images| {
+            let (started, durable) = state.get();
+            let fs = mount_image(specs, images)?;
+            let tree = workload::read_tree(&fs)?;
+            run.history
+                .judge(&tree, durable, started, &datasynced.borrow())
+                .map(drop)
+        },
+    );
+}
+
+/// Checks the chosen crash points of the concurrent workload: per-file promises.
+fn check_concurrent(run: &ConcurrentRun, specs: &[DeviceSpec], full: bool, tally: &mut Tally) {
+    let promises = std::cell::RefCell::new(Promises::default());
+    walk(
+        CONCURRENT_NAME,
+        &run.events,
+        &run.base,
+        full,
+        tally,
+        |tag| {
+            promises.borrow_mut().note(tag);
+            String::new()
+        },
+        |images| promises.borrow().judge(&*mount_image(specs, images)?),
+    );
+}
+
+const CONCURRENT_NAME: &str = "three threads fsyncing, log wraps";
+
+fn report_line(name: &str, events: usize, tally: &Tally, before: (usize, usize), t0: Instant) {
+    println!(
+        "{:<45} {:>5} events {:>5} images checked {:>3} violations  {:.1?}",
+        name,
+        events,
+        tally.checked - before.0,
+        tally.violations.len() - before.1,
+        t0.elapsed()
+    );
 }
 
 fn variants(point: u64, unflushed: usize, full: bool) -> Vec<Variant> {
@@ -154,16 +224,9 @@ fn variants(point: u64, unflushed: usize, full: bool) -> Vec<Variant> {
     v
 }
 
-/// Puts the images on the check devices, then: fsck (read-only) must be clean, mount must
-/// succeed, and the tree must be one the workload passed through.
-fn check_image(
-    specs: &[DeviceSpec],
-    images: &[Vec<u8>],
-    run: &Run,
-    durable: usize,
-    started: usize,
-    datasynced: &[(usize, u64)],
-) -> Result<(), String> {
+/// Puts the images on the check devices, then: fsck (read-only) must be clean and mount
+/// must succeed; returns the mounted filesystem.
+fn mount_image(specs: &[DeviceSpec], images: &[Vec<u8>]) -> Result<Arc<Filesystem>, String> {
     for (spec, image) in specs.iter().zip(images) {
         std::fs::write(workload::backing(spec), image).map_err(|e| format!("image: {e}"))?;
     }
@@ -178,9 +241,5 @@ fn check_image(
             return Err(format!("fsck found problems: {:?}", report.problems));
         }
     }
-    let fs = Filesystem::open(specs).map_err(|e| format!("mount failed: {e}"))?;
-    let tree = workload::read_tree(&fs)?;
-    run.history
-        .judge(&tree, durable, started, datasynced)
-        .map(drop)
+    Filesystem::open(specs).map_err(|e| format!("mount failed: {e}"))
 }

@@ -1,5 +1,6 @@
 //! The crash-point harness: workloads, the reference model and the crash images.
 
+pub mod concurrent;
 pub mod images;
 pub mod model;
 pub mod workload;

@@ -59,14 +59,24 @@ pub fn fsck(devices: &[DeviceQueue]) -> Result<FsckReport, FsError> {
                 .push(format!("metadata record {i} ({}): {e}", describe(r)));
         }
     }
-    check_tree(&metadata, &mut report);
-    check_layouts_and_sizes(&metadata, superblocks.len(), &mut report);
-    check_space(&metadata, &superblocks, devices, &mut report);
-    count(&metadata, &mut report);
+    check_metadata(&metadata, &superblocks, devices, &mut report);
     Ok(report)
 }
 
-fn describe(r: &Record) -> &'static str {
+/// Every check of metadata loaded in memory, into `report`.
+pub(super) fn check_metadata(
+    meta: &Metadata,
+    superblocks: &[stripefs_layout::ondisk::Superblock],
+    devices: &[DeviceQueue],
+    report: &mut FsckReport,
+) {
+    check_tree(meta, report);
+    check_layouts_and_sizes(meta, superblocks.len(), report);
+    check_space(meta, superblocks, devices, report);
+    count(meta, report);
+}
+
+pub(super) fn describe(r: &Record) -> &'static str {
     match r {
         Record::Inode(_) => "inode",
         Record::FreeInode { .. } => "free inode",

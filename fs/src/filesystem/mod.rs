@@ -13,6 +13,7 @@ mod error;
 mod format;
 mod fsck;
 mod journal;
+mod repair;
 mod xattr;
 
 pub use data::FileRead;
@@ -40,6 +41,7 @@ use crate::spec::DeviceSpec;
 pub use error::FsError;
 pub use format::{BLOCK_SIZE, MkfsOptions, hex};
 pub use fsck::{FsckReport, fsck};
+pub use repair::{RepairReport, repair};
 
 use bounce::BouncePool;
 use commit::{CommitGate, Lsn, Pending};

@@ -1,0 +1,187 @@
+//! `fsck --repair`: fixes what can be fixed without guessing, says what it did, and refuses
+//! (writing nothing) what it cannot.
+//!
+//! Repairable, because the right state is not in doubt:
+//! - a checkpoint torn by a crash while an older one and its log are whole: the metadata is
+//!   rebuilt from those and written as a new checkpoint;
+//! - orphans (files unlinked while open at a crash) and the space they hold: freed;
+//! - extents past the end of a file (no read can reach them): released;
+//! - directory entries that name an inode that does not exist: removed.
+//!
+//! Refused, with the reason: log records that do not apply, extents outside the data area or
+//! claimed by two files, layouts naming devices the filesystem does not have, directories
+//! cut off from the root or with two parents — deciding which side is right would be a guess.
+
+use stripefs_layout::ondisk::Record;
+
+use super::bounce::BouncePool;
+use super::error::FsError;
+use super::format::{self, BLOCK_SIZE, stripe_layout};
+use super::fsck::{self, FsckReport};
+use super::journal::{self, Journal};
+use crate::device::DeviceQueue;
+use crate::meta::{Metadata, freed_all};
+
+/// What `repair` did.
+#[derive(Clone, Debug, Default)]
+pub struct RepairReport {
+    /// Each repair made, one line each.
+    pub repaired: Vec<String>,
+    /// Problems left alone, with why; when any is here, nothing was written.
+    pub refused: Vec<String>,
+    /// The checkpoint generation the metadata is at afterwards.
+    pub checkpoint_generation: u64,
+}
+
+impl RepairReport {
+    /// Whether the filesystem is consistent now (nothing refused).
+    pub fn is_clean(&self) -> bool {
+        self.refused.is_empty()
+    }
+}
+
+/// Repairs the filesystem on `devices` (in mkfs order, not mounted). Errors that prevent
+/// reading the metadata at all (bad superblocks, wrong device set, no valid checkpoint on
+/// any replica) are returned as `Err`, with nothing written.
+pub fn repair(devices: &[DeviceQueue]) -> Result<RepairReport, FsError> {
+    let pool = BouncePool::new(u64::MAX - 2, devices);
+    let superblocks = format::check_device_set(devices, &pool)?;
+    let mut loaded = Journal::load(devices, &pool, journal::areas(&superblocks))?;
+    let mut report = RepairReport {
+        checkpoint_generation: loaded.journal.generation(),
+        ..RepairReport::default()
+    };
+    if !loaded.skipped.is_empty() {
+        report.repaired.push(format!(
+            "rebuilt the metadata from checkpoint generation {} and its {} log entries, passing over: {}",
+            loaded.journal.generation(),
+            loaded.log_entries,
+            loaded.skipped.join("; ")
+        ));
+    }
+    let mut meta = Metadata::default();
+    for (i, r) in loaded.records.iter().enumerate() {
+        if let Err(e) = meta.apply(r) {
+            report.refused.push(format!(
+                "metadata record {i} ({}) does not apply: {e}; which of the records is right cannot be told",
+                fsck::describe(r)
+            ));
+        }
+    }
+    if !report.refused.is_empty() {
+        return Ok(report);
+    }
+    let fixes = [
+        remove_dangling_entries(&meta),
+        free_orphans(&meta),
+        release_extents_past_the_end(&meta),
+    ];
+    for (record, why) in fixes.into_iter().flatten() {
+        meta.apply(&record)?;
+        report.repaired.push(why);
+    }
+    let mut left = FsckReport::default();
+    fsck::check_metadata(&meta, &superblocks, devices, &mut left);
+    if !left.problems.is_empty() {
+        report.refused.extend(
+            left.problems
+                .into_iter()
+                .map(|p| format!("{p}: no safe repair")),
+        );
+        let planned = std::mem::take(&mut report.repaired);
+        if !planned.is_empty() {
+            report.refused.push(format!(
+                "nothing was written, not even the repairs that were possible: {}",
+                planned.join("; ")
+            ));
+        }
+        return Ok(report);
+    }
+    if report.repaired.is_empty() {
+        return Ok(report);
+    }
+    loaded
+        .journal
+        .checkpoint(devices, &pool, &meta.snapshot())?;
+    report.checkpoint_generation = loaded.journal.generation();
+    report.repaired.push(format!(
+        "wrote checkpoint generation {} (the log starts over)",
+        report.checkpoint_generation
+    ));
+    Ok(report)
+}
+
+/// A fix: the record that makes it, and what it does in words.
+type Fix = (Record, String);
+
+fn remove_dangling_entries(meta: &Metadata) -> Vec<Fix> {
+    let mut fixes = Vec::new();
+    for dir in meta.iter().filter(|i| i.is_dir()) {
+        for (name, &child) in &dir.entries {
+            if meta.get(child).is_none() {
+                fixes.push((
+                    Record::Unlink {
+                        parent: dir.record.ino,
+                        name: name.clone(),
+                    },
+                    format!(
+                        "removed entry {:?} of directory {}: it named inode {child}, which does not exist",
+                        String::from_utf8_lossy(name),
+                        dir.record.ino
+                    ),
+                ));
+            }
+        }
+    }
+    fixes
+}
+
+fn free_orphans(meta: &Metadata) -> Vec<Fix> {
+    meta.orphans()
+        .into_iter()
+        .map(|ino| {
+            let bytes: u64 = meta
+                .get(ino)
+                .map(|i| freed_all(i).iter().map(|(_, _, len)| len).sum())
+                .unwrap_or(0);
+            (
+                Record::FreeInode { ino },
+                format!("freed orphan inode {ino} (unlinked, left open at a crash): {bytes} bytes"),
+            )
+        })
+        .collect()
+}
+
+fn release_extents_past_the_end(meta: &Metadata) -> Vec<Fix> {
+    let mut fixes = Vec::new();
+    for inode in meta.iter() {
+        let Some(record) = &inode.record.layout else {
+            continue;
+        };
+        let Ok(layout) = stripe_layout(record) else {
+            continue;
+        };
+        for (column, map) in inode.extents.iter().enumerate() {
+            let keep = layout
+                .column_extent(inode.record.size, column)
+                .div_ceil(BLOCK_SIZE)
+                * BLOCK_SIZE;
+            if map.end() > keep {
+                fixes.push((
+                    Record::TruncateExtents {
+                        ino: inode.record.ino,
+                        column: column as u16,
+                        object_offset: keep,
+                    },
+                    format!(
+                        "released column {column} of file {} past its end (size {}): {} bytes stored beyond {keep}",
+                        inode.record.ino,
+                        inode.record.size,
+                        map.end() - keep
+                    ),
+                ));
+            }
+        }
+    }
+    fixes
+}
