@@ -292,3 +292,42 @@ fn a_commit_between_the_pieces_of_a_large_write_leaves_no_extents_past_the_end()
         Filesystem::open(specs).expect("mount after the crash");
     }
 }
+
+#[test]
+fn a_damaged_checkpoint_whose_log_exists_is_not_silently_passed_over() {
+    // A checkpoint whose log has entries was whole once: damage to it is not a torn write,
+    // and falling back to the older checkpoint would drop that log's changes. Refused.
+    let d = devices(3, 64 << 20, 4 << 20);
+    let sb = {
+        let fs = Filesystem::open(&d.specs).expect("mount");
+        let ino = create(&fs, ROOT, "kept", &data(5, 100_000));
+        fs.fsync(ino)
+            .expect("fsync: a log entry of this mount's checkpoint");
+        fs.superblock().clone()
+    };
+    let generation = {
+        let devices: Vec<DeviceQueue> = d
+            .specs
+            .iter()
+            .map(|s| DeviceQueue::open(s).expect("open"))
+            .collect();
+        fsck(&devices).expect("fsck").checkpoint_generation
+    };
+    let slot_len = (sb.meta_len / 4) / 4096 * 4096;
+    for replica in &d.paths[..2] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(replica)
+            .expect("open replica");
+        let at = sb.meta_offset + (generation % 2) * slot_len + 4096;
+        f.write_at(&[0xA5; 4096], at).expect("damage");
+    }
+    let err = match Filesystem::open(&d.specs) {
+        Ok(_) => panic!("mounted over a damaged checkpoint, dropping its log"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("refusing to fall back"),
+        "unclear refusal: {err}"
+    );
+}

@@ -146,6 +146,21 @@ impl Journal {
             if let Some(loaded) = best_load {
                 return Ok(loaded);
             }
+            // A torn checkpoint has no log yet (its log is written only once it is durable
+            // on every replica). One whose log exists was whole once and is damaged now:
+            // falling back would silently drop the changes of that log.
+            if let Some(area) = areas
+                .iter()
+                .find(|a| log_has_entries(devices, pool, a, generation))
+            {
+                return Err(FsError::Corrupt {
+                    device: devices[area.device].name().to_string(),
+                    what: format!(
+                        "checkpoint generation {generation} is damaged on every replica although its log has entries (it was whole once); refusing to fall back to an older one, which would lose those changes ({})",
+                        problems.join("; ")
+                    ),
+                });
+            }
         }
         Err(FsError::Corrupt {
             device: areas
@@ -248,6 +263,20 @@ fn flush(devices: &[DeviceQueue], which: impl Iterator<Item = usize>) -> Result<
         }
     }
     Ok(())
+}
+
+/// Whether the log of `area` starts with a whole entry of `generation`.
+fn log_has_entries(
+    devices: &[DeviceQueue],
+    pool: &BouncePool,
+    area: &MetaArea,
+    generation: u64,
+) -> bool {
+    let mut log = vec![0u8; area.log_len() as usize];
+    if read_device(devices, pool, area.device, area.log_offset(), &mut log).is_err() {
+        return false;
+    }
+    matches!(ondisk::decode_entry(&log, generation, 1), Ok(Some(_)) | Err(_))
 }
 
 fn read_header(
