@@ -7,52 +7,19 @@
 //! - Concurrent writers and commits: fsck is clean after the crash (no extents past the end
 //!   of a file) and every fsync'ed file is intact.
 
+mod common;
+
 use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use stripefs_fs::filesystem::{self, Caller, Filesystem, MkfsOptions, fsck};
-use stripefs_fs::{DeviceQueue, DeviceSpec, pattern};
-
-const ROOT: u64 = 1;
-const ME: Caller = Caller { uid: 0, gid: 0 };
-
-struct Devices {
-    _dir: tempfile::TempDir,
-    specs: Vec<DeviceSpec>,
-    paths: Vec<PathBuf>,
-}
+use common::{Devices, ME, ROOT, data, fsck, queues};
+use stripefs_fs::DeviceSpec;
+use stripefs_fs::filesystem::Filesystem;
 
 fn devices(n: usize, size: u64, metadata: u64) -> Devices {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("scratch dir");
-    let paths: Vec<PathBuf> = (0..n)
-        .map(|i| dir.path().join(format!("d{i}.img")))
-        .collect();
-    for p in &paths {
-        std::fs::File::create(p)
-            .and_then(|f| f.set_len(size))
-            .expect("device file");
-    }
-    let specs: Vec<DeviceSpec> = paths.iter().map(|p| DeviceSpec::Path(p.clone())).collect();
-    let options = MkfsOptions {
-        stripe_unit: 64 << 10,
-        metadata_size: Some(metadata),
-        ..MkfsOptions::default()
-    };
-    filesystem::mkfs(&specs, &options).expect("mkfs");
-    Devices {
-        _dir: dir,
-        specs,
-        paths,
-    }
-}
-
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    pattern::fill(seed, 0, &mut v);
-    v
+    common::formatted(n, size, 64 << 10, metadata)
 }
 
 fn create(fs: &Filesystem, parent: u64, n: &str, bytes: &[u8]) -> u64 {
@@ -70,13 +37,7 @@ fn read_file(fs: &Filesystem, parent: u64, n: &str) -> Option<Vec<u8>> {
 }
 
 fn assert_fsck_clean(d: &Devices) {
-    let devices: Vec<DeviceQueue> = d
-        .specs
-        .iter()
-        .map(|s| DeviceQueue::open(s).expect("open"))
-        .collect();
-    let report = fsck(&devices).expect("fsck");
-    assert!(report.is_clean(), "fsck: {:?}", report.problems);
+    common::assert_fsck_clean(&d.specs);
 }
 
 #[test]
@@ -129,14 +90,7 @@ fn a_torn_newest_checkpoint_falls_back_to_the_older_one() {
     }
     // Tear the newest checkpoint on both replicas: its header valid, its payload not (a
     // crash while it was written, with the header already on the media).
-    let generation = {
-        let devices: Vec<DeviceQueue> = d
-            .specs
-            .iter()
-            .map(|s| DeviceQueue::open(s).expect("open"))
-            .collect();
-        fsck(&devices).expect("fsck").checkpoint_generation
-    };
+    let generation = fsck(&d.specs).checkpoint_generation;
     let sb = {
         let fs = Filesystem::open(&d.specs).expect("mount to read the superblock");
         let sb = fs.superblock().clone();
@@ -278,17 +232,12 @@ fn a_commit_between_the_pieces_of_a_large_write_leaves_no_extents_past_the_end()
         }
     }
     for (k, specs) in taken.iter().enumerate() {
-        let devices: Vec<DeviceQueue> = specs
-            .iter()
-            .map(|s| DeviceQueue::open(s).expect("open"))
-            .collect();
-        let report = fsck(&devices).expect("fsck");
+        let report = stripefs_fs::filesystem::fsck(&queues(specs)).expect("fsck");
         assert!(
             report.is_clean(),
             "crash after commit {k}: fsck {:?}",
             report.problems
         );
-        drop(devices);
         Filesystem::open(specs).expect("mount after the crash");
     }
 }
@@ -305,14 +254,7 @@ fn a_damaged_checkpoint_whose_log_exists_is_not_silently_passed_over() {
             .expect("fsync: a log entry of this mount's checkpoint");
         fs.superblock().clone()
     };
-    let generation = {
-        let devices: Vec<DeviceQueue> = d
-            .specs
-            .iter()
-            .map(|s| DeviceQueue::open(s).expect("open"))
-            .collect();
-        fsck(&devices).expect("fsck").checkpoint_generation
-    };
+    let generation = fsck(&d.specs).checkpoint_generation;
     let slot_len = (sb.meta_len / 4) / 4096 * 4096;
     for replica in &d.paths[..2] {
         let f = std::fs::OpenOptions::new()

@@ -1,46 +1,18 @@
 //! The filesystem through its library API (no mount): namespace, data path, registered I/O
 //! against files, persistence across reopen, and refusal of wrong device sets.
 
-use std::ffi::OsStr;
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use stripefs_fs::DeviceSpec;
 use stripefs_fs::filesystem::{
-    self, Caller, FileType, Filesystem, FsError, MkfsOptions, RenameFlags, SetAttr,
+    self, FileType, Filesystem, FsError, MkfsOptions, RenameFlags, SetAttr,
 };
-use stripefs_fs::{DeviceSpec, pattern};
 use stripefs_mapping::Buffer;
 
-const ROOT: u64 = 1;
-const ME: Caller = Caller { uid: 0, gid: 0 };
-
-struct Devices {
-    _dir: tempfile::TempDir,
-    specs: Vec<DeviceSpec>,
-    paths: Vec<PathBuf>,
-}
-
-fn devices(n: usize, size: u64) -> Devices {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("scratch dir");
-    let paths: Vec<PathBuf> = (0..n)
-        .map(|i| dir.path().join(format!("d{i}.img")))
-        .collect();
-    for p in &paths {
-        std::fs::File::create(p)
-            .and_then(|f| f.set_len(size))
-            .expect("device file");
-    }
-    let specs = paths.iter().map(|p| DeviceSpec::Path(p.clone())).collect();
-    Devices {
-        _dir: dir,
-        specs,
-        paths,
-    }
-}
-
-fn name(s: &str) -> &OsStr {
-    OsStr::new(s)
-}
+use common::{Devices, ME, ROOT, devices, name};
 
 fn mkfs(d: &Devices, unit: u64) {
     filesystem::mkfs(
@@ -53,11 +25,7 @@ fn mkfs(d: &Devices, unit: u64) {
     .expect("mkfs");
 }
 
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    pattern::fill(seed, 0, &mut v);
-    v
-}
+use common::data;
 
 #[test]
 fn files_survive_reopen_with_exact_contents() {

@@ -3,20 +3,14 @@
 //! every cut, the filesystem must mount and fsck clean, and nothing may show bytes that
 //! were never written to it. A missing flush anywhere on the fsync path fails this test.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 
-use stripefs_fs::filesystem::{self, Caller, Filesystem, MkfsOptions, fsck};
-use stripefs_fs::{DeviceQueue, DeviceSpec, PowerCut, pattern};
-
-const ROOT: u64 = 1;
-const ME: Caller = Caller { uid: 0, gid: 0 };
-
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    pattern::fill(seed, 0, &mut v);
-    v
-}
+use common::{ME, ROOT, data};
+use stripefs_fs::filesystem::{self, Filesystem, MkfsOptions};
+use stripefs_fs::{DeviceSpec, PowerCut};
 
 fn specs(dir: &std::path::Path) -> Vec<DeviceSpec> {
     (0..3)
@@ -127,11 +121,7 @@ fn acknowledged_data_survives_power_cuts() {
                     .expect("power cut");
             }
             drop(fs);
-            let devices: Vec<DeviceQueue> = specs
-                .iter()
-                .map(|s| DeviceQueue::open(s).expect("open"))
-                .collect();
-            let report = fsck(&devices).expect("fsck");
+            let report = common::fsck(&specs);
             assert!(
                 report.is_clean(),
                 "seed {seed} round {round}: fsck {:?}",

@@ -3,62 +3,27 @@
 //! and checks the result (fsck clean, files intact); damage that has no safe repair is
 //! refused with the reason and nothing is written.
 
+mod common;
+
 use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use stripefs_fs::filesystem::{self, Caller, Filesystem, FsckReport, MkfsOptions, fsck, repair};
-use stripefs_fs::{DeviceQueue, DeviceSpec, pattern};
+use common::{Devices, ME, ROOT, data, fsck, queues};
+use stripefs_fs::DeviceQueue;
+use stripefs_fs::filesystem::{Filesystem, FsckReport, repair};
 use stripefs_layout::ondisk::{Record, Superblock, decode_checkpoint, encode_checkpoint};
 
-const ROOT: u64 = 1;
-const ME: Caller = Caller { uid: 0, gid: 0 };
-
-struct Devices {
-    _dir: tempfile::TempDir,
-    specs: Vec<DeviceSpec>,
-    paths: Vec<PathBuf>,
-}
-
 fn devices() -> Devices {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("scratch dir");
-    let paths: Vec<PathBuf> = (0..3)
-        .map(|i| dir.path().join(format!("d{i}.img")))
-        .collect();
-    for p in &paths {
-        std::fs::File::create(p)
-            .and_then(|f| f.set_len(48 << 20))
-            .expect("device file");
-    }
-    let specs: Vec<DeviceSpec> = paths.iter().map(|p| DeviceSpec::Path(p.clone())).collect();
-    let options = MkfsOptions {
-        stripe_unit: 64 << 10,
-        metadata_size: Some(2 << 20),
-        ..MkfsOptions::default()
-    };
-    filesystem::mkfs(&specs, &options).expect("mkfs");
-    Devices {
-        _dir: dir,
-        specs,
-        paths,
-    }
-}
-
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    pattern::fill(seed, 0, &mut v);
-    v
+    common::formatted(3, 48 << 20, 64 << 10, 2 << 20)
 }
 
 fn open(d: &Devices) -> Vec<DeviceQueue> {
-    d.specs
-        .iter()
-        .map(|s| DeviceQueue::open(s).expect("open"))
-        .collect()
+    queues(&d.specs)
 }
 
 fn check(d: &Devices) -> FsckReport {
-    fsck(&open(d)).expect("fsck")
+    fsck(&d.specs)
 }
 
 /// Two files of known contents, unmounted cleanly.
