@@ -22,6 +22,8 @@ pub fn run(args: &FsckArgs) -> Result<bool> {
                 .with_context(|| format!("device {s}"))
         })
         .collect::<Result<Vec<_>>>()?;
+    // Not while a mount uses them; a daemon finishing an unmount of them is waited for.
+    let _locks = crate::lock::lock_devices(&specs)?;
     let devices = filesystem::open_devices(&specs).context("opening the devices")?;
     let report = filesystem::fsck(&devices).context("the metadata cannot be read")?;
     print(&report);

@@ -13,10 +13,15 @@
 //! (`umount(2)`; if files are still open there, the mount is detached lazily and served until
 //! the last one is closed); a second signal stops at once. When the session has ended, the
 //! filesystem is shut down (commit and checkpoint) and the process exits 0.
+//!
+//! Opening the devices waits for a daemon that is finishing an unmount of them, and the
+//! daemon keeps a state file saying what it is doing (serving, unmounting, exiting) so that
+//! other commands can tell: see [`crate::lock`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,10 +29,10 @@ use std::sync::mpsc::{Sender, channel};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use stripefs_fs::Filesystem;
 use stripefs_fs::mount::{Mount, MountOptions, is_root};
+use stripefs_fs::{DeviceSpec, Filesystem};
 
-use crate::lock::{DeviceLocks, lock_devices};
+use crate::lock::{DaemonState, DeviceLocks, Phase, lock_devices};
 use crate::mkfs::parse_specs;
 
 /// Settings of the mount command.
@@ -83,7 +88,8 @@ pub fn run(args: &MountArgs) -> Result<()> {
         allow_other: is_root(),
         fsname: "stripefs".into(),
     };
-    // The locks on file devices are held for as long as the filesystem is served.
+    // The locks on file devices are held for as long as the filesystem is served. Taking
+    // them waits for a daemon that is still finishing an unmount of these devices.
     let open = || -> Result<(DeviceLocks, Arc<Filesystem>)> {
         let locks = lock_devices(&specs)?;
         let fs =
@@ -93,13 +99,21 @@ pub fn run(args: &MountArgs) -> Result<()> {
     if args.daemon {
         daemonize(&mountpoint, args.log.as_deref(), |ready| {
             let (_locks, fs) = open()?;
-            serve(fs, &mountpoint, &options, args.commit_interval, ready)
+            serve(
+                fs,
+                &specs,
+                &mountpoint,
+                &options,
+                args.commit_interval,
+                ready,
+            )
         })
     } else {
         block_signals()?;
         let (_locks, fs) = open()?;
         serve(
             fs,
+            &specs,
             &mountpoint,
             &options,
             args.commit_interval,
@@ -149,9 +163,10 @@ impl Ready {
     }
 }
 
-/// Mounts `fs` and serves it until it is unmounted; then shuts it down.
+/// Mounts `fs` (on `specs`) and serves it until it is unmounted; then shuts it down.
 fn serve(
     fs: Arc<Filesystem>,
+    specs: &[DeviceSpec],
     mountpoint: &Path,
     options: &MountOptions,
     commit_interval: Duration,
@@ -173,20 +188,32 @@ fn serve(
     // Before the mount is announced, so the socket exists when `mount --daemon` returns.
     let control = stripefs_fs::control::Server::start(fs.clone(), mountpoint)
         .with_context(|| format!("starting the control endpoint of {}", mountpoint.display()))?;
-    let pid_file = crate::umount::pid_file(
-        &mountpoint
-            .canonicalize()
-            .unwrap_or_else(|_| mountpoint.to_path_buf()),
-    );
-    start_signal_thread(events).context("starting the signal thread")?;
-    ready.announce(mountpoint)?;
-    // After the announcement: a daemon's pid is only known once it has detached.
+    let canonical = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    let pid_file = crate::umount::pid_file(&canonical);
+    // Before the announcement, so both exist when `mount --daemon` returns (this process
+    // is already the daemon: its pid is final).
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
         eprintln!(
             "stripefs: cannot write {}: {e} (`stripefs umount` will not wait)",
             pid_file.display()
         );
     }
+    let mut state = std::fs::metadata(&canonical)
+        .context("stat of the mount")
+        .and_then(|m| DaemonState::new(&canonical, m.dev(), specs))
+        .map_err(|e| {
+            eprintln!(
+                "stripefs: cannot describe this daemon in its state file: {} (commands run \
+                 right after an unmount will not wait for it)",
+                crate::report(&e)
+            )
+        })
+        .ok();
+    record(&mut state, Phase::Serving);
+    start_signal_thread(events).context("starting the signal thread")?;
+    ready.announce(mountpoint)?;
 
     let mut signalled = false;
     for event in received {
@@ -204,6 +231,9 @@ fn serve(
                 }
                 if let Err(e) = mount.unmount() {
                     let detached = mount.detach();
+                    if detached.is_ok() {
+                        record(&mut state, Phase::Detached);
+                    }
                     eprintln!(
                         "stripefs: umount {}: {e}; {}",
                         mountpoint.display(),
@@ -218,21 +248,51 @@ fn serve(
             }
             Event::Signal(sig) => {
                 eprintln!("stripefs: {}: stopping now", signal_name(sig));
+                record(&mut state, Phase::Unmounting);
                 // Exiting closes /dev/fuse, which ends the connection and every open file.
-                fs.shutdown()
-                    .context("shutting the filesystem down (commit and checkpoint)")?;
+                let shutdown = fs.shutdown();
+                record(&mut state, Phase::Exiting);
+                shutdown.context("shutting the filesystem down (commit and checkpoint)")?;
+                remove_pid_file(&pid_file);
                 std::process::exit(0);
             }
         }
     }
+    record(&mut state, Phase::Unmounting);
     control.shutdown();
     let session = mount.wait();
-    fs.shutdown()
-        .context("shutting the filesystem down (commit and checkpoint)")?;
+    let shutdown = fs.shutdown();
+    // The state file stays, saying so: the devices are closed as this process exits, after
+    // which nothing of it can remove the file (the next command that takes them does).
+    record(&mut state, Phase::Exiting);
+    shutdown.context("shutting the filesystem down (commit and checkpoint)")?;
     session.context("the FUSE session ended with an error")?;
-    let _ = std::fs::remove_file(&pid_file);
+    remove_pid_file(&pid_file);
     eprintln!("stripefs: unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Records what this daemon is doing in its state file, if it has one.
+fn record(state: &mut Option<DaemonState>, phase: Phase) {
+    if let Some(s) = state
+        && let Err(e) = s.set(phase)
+    {
+        eprintln!(
+            "stripefs: cannot write {}: {e} (commands run right after an unmount will not \
+             wait for this daemon)",
+            s.path().display()
+        );
+        *state = None;
+    }
+}
+
+/// Removes the pid file, unless a later daemon on the same mountpoint has replaced it.
+fn remove_pid_file(pid_file: &Path) {
+    let ours = std::fs::read_to_string(pid_file)
+        .is_ok_and(|s| s.trim().parse::<u32>().ok() == Some(std::process::id()));
+    if ours {
+        let _ = std::fs::remove_file(pid_file);
+    }
 }
 
 /// Blocks the termination signals in this thread (and so in every thread started after it)

@@ -3,12 +3,12 @@
 //! device by device with plain `O_DIRECT` reads against what the layout says each holds.
 //!
 //! Needs root and loop devices; without them it prints `skipped: <reason>` and passes,
-//! unless `STRIPEFS_REQUIRE_LOOP` is set (then a missing prerequisite fails the test).
+//! unless `STRIPEFS_REQUIRE_LOOP` (or `STRIPEFS_REQUIRE_ROOT`) is set: then a missing
+//! prerequisite fails the test.
 
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::mount::Loops;
@@ -24,22 +24,6 @@ const SEED: u64 = 0x100b_5717_1fe5;
 /// Buffer offset = volume offset + SHIFT, so the two never coincide.
 const SHIFT: u64 = 12 * KIB;
 
-/// Why this host cannot run the test, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (losetup needs root)".into());
-    }
-    if !Path::new("/dev/loop-control").exists() {
-        return Some("no /dev/loop-control (loop driver missing)".into());
-    }
-    match Command::new("losetup").arg("--version").output() {
-        Ok(out) if out.status.success() => None,
-        Ok(_) => Some("`losetup --version` failed".into()),
-        Err(e) => Some(format!("losetup not runnable: {e}")),
-    }
-}
-
 /// Whether the kernel runs loop device `dev` with direct I/O (`/sys/block/loopN/loop/dio`).
 fn loop_uses_direct_io(dev: &Path) -> bool {
     let name = dev.file_name().expect("device name").to_string_lossy();
@@ -50,12 +34,7 @@ fn loop_uses_direct_io(dev: &Path) -> bool {
 
 #[test]
 fn four_loop_devices_striped() {
-    if let Some(reason) = missing_prerequisite() {
-        assert!(
-            std::env::var_os("STRIPEFS_REQUIRE_LOOP").is_none(),
-            "STRIPEFS_REQUIRE_LOOP is set but: {reason}"
-        );
-        println!("skipped: {reason}");
+    if common::require::skip(&[common::require::Requirement::Loop]) {
         return;
     }
     let _watchdog = common::Watchdog::new("four_loop_devices_striped", Duration::from_secs(60));

@@ -1,10 +1,13 @@
 //! The life of a mount: foreground mounts ended by SIGINT and SIGTERM (also while busy),
-//! `--daemon` ended by SIGTERM, kill -9 of the daemon during writes (every fsync'ed file
-//! intact after a remount), a full filesystem (ENOSPC, and nothing corrupted), and mounts
-//! refused with an error that names the device.
+//! `--daemon` ended by SIGTERM, a plain `umount` followed at once by fsck and a new mount
+//! (which wait for the exiting daemon, but only so long for one that does not let go),
+//! kill -9 of the daemon during writes (every fsync'ed file intact after a remount), a full
+//! filesystem (ENOSPC, and nothing corrupted), and mounts refused with an error that names
+//! the device (and the mount holding it).
 //!
-//! Needs root and /dev/fuse; without them each test prints `skipped: <reason>` (and fails
-//! instead when `STRIPEFS_REQUIRE_FUSE` is set).
+//! Needs root and /dev/fuse, and loop devices for the tests that use them; without them each
+//! test prints `skipped: <reason>` (and fails instead when `STRIPEFS_REQUIRE_FUSE`, or for
+//! loop devices `STRIPEFS_REQUIRE_LOOP`, is set).
 
 mod common;
 
@@ -17,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::mount::{
-    Daemon, STRIPEFS, assert_errno, assert_fsck_clean, clear_mount, contents, free_space,
-    image_files, is_mounted, mkfs, skip_reason, stripefs_may_fail, strs, track, untrack_mount,
-    untrack_process, write_synced,
+    Daemon, Loops, STRIPEFS, assert_errno, assert_fsck_clean, assert_same_map, checksums,
+    clear_mount, contents, free_space, image_files, is_mounted, mkfs, skip_reason,
+    stripefs_may_fail, strs, track, untrack_mount, untrack_process, write_synced,
 };
 use common::{MIB, Watchdog, assert_bytes};
 
@@ -463,4 +466,206 @@ fn bad_mounts_are_refused_naming_the_device() {
         &[&name(2)],
     );
     clear_mount(&mnt);
+}
+
+/// What scripts do: a plain `umount MNT` (the system's umount, which for a FUSE mount returns
+/// before the daemon has written its final checkpoint and let go of the devices), then at
+/// once `stripefs fsck DEVS` and `stripefs mount DEVS MNT`, ten times over real loop devices
+/// (opened `O_EXCL`, so a daemon still holding them makes the next open fail with EBUSY
+/// unless the command waits for it). Every file, including the one written unsynced just
+/// before each unmount, must come back with its checksum.
+#[test]
+fn plain_umount_then_fsck_and_mount_at_once() {
+    if let Some(reason) = skip_reason(true) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let _w = Watchdog::new("plain umount", Duration::from_secs(400));
+    let scratch = common::scratch_dir();
+    let images = image_files(scratch.path(), 4, 128 * MIB);
+    let loops = Loops::attach(&images);
+    let devs = loops.devices.clone();
+    mkfs(&devs, &["--stripe-unit", "64K"]);
+    let mnt = scratch.path().join("mnt");
+    let fsck_args = [&["fsck"], &strs(&devs)[..]].concat();
+
+    let mut daemon = Daemon::mount(&devs, &mnt);
+    std::fs::create_dir(mnt.join("dir")).expect("mkdir");
+    let sizes = [
+        MIB as usize + 17,
+        3 * MIB as usize,
+        64 << 10,
+        0,
+        777,
+        2 * MIB as usize - 5,
+    ];
+    for (i, &size) in sizes.iter().enumerate() {
+        let name = if i % 2 == 0 {
+            format!("f{i}")
+        } else {
+            format!("dir/f{i}")
+        };
+        std::fs::write(mnt.join(name), contents(i as u64, size)).expect("write");
+    }
+
+    let mut waited = 0;
+    for round in 0..10 {
+        // Written without fsync: only the unmount's final commit makes it durable.
+        let name = format!("round{round}");
+        std::fs::write(
+            mnt.join(&name),
+            contents(100 + round, 300_000 + round as usize),
+        )
+        .expect("write");
+        let want = checksums(&mnt);
+
+        daemon.umount_plain();
+        let out = stripefs_may_fail(&fsck_args);
+        let report = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && report.contains("clean"),
+            "round {round}: fsck right after a plain umount ({}):\n{report}{err}",
+            out.status
+        );
+        if err.contains("waiting for the stripefs daemon") {
+            waited += 1;
+        }
+        let next = Daemon::mount(&devs, &mnt);
+        std::mem::replace(&mut daemon, next).expect_exit_0(Duration::from_secs(20));
+        assert_same_map(&format!("round {round}"), &checksums(&mnt), &want);
+    }
+    println!("fsck waited for the exiting daemon in {waited} of 10 rounds");
+    daemon.unmount();
+    assert_fsck_clean(&devs);
+}
+
+/// Loop devices held by a live mount: fsck, mkfs and a second mount are refused at once (no
+/// waiting), with an error naming the device and the mount that holds it.
+#[test]
+fn devices_of_a_live_mount_are_refused_at_once_naming_the_mount() {
+    if let Some(reason) = skip_reason(true) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let _w = Watchdog::new("live mount refused", Duration::from_secs(120));
+    let scratch = common::scratch_dir();
+    let images = image_files(scratch.path(), 3, 64 * MIB);
+    let loops = Loops::attach(&images);
+    let devs = loops.devices.clone();
+    mkfs(&devs, &[]);
+    let mnt = scratch.path().join("mnt");
+    let daemon = Daemon::mount(&devs, &mnt);
+    let mnt2 = scratch.path().join("mnt2");
+    std::fs::create_dir(&mnt2).expect("mkdir mnt2");
+    let fsck_args = [&["fsck"], &strs(&devs)[..]].concat();
+    let mount_args = [
+        &["mount", "--daemon"],
+        &strs(&devs)[..],
+        &[mnt2.to_str().expect("UTF-8")],
+    ]
+    .concat();
+    // Held by a live mount: refused at once, naming the device and the mount.
+    let started = Instant::now();
+    let dev0 = devs[0].to_str().expect("UTF-8");
+    for (what, args) in [("fsck", &fsck_args), ("a second mount", &mount_args)] {
+        let out = stripefs_may_fail(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what} of mounted devices: {err}"
+        );
+        assert!(
+            err.contains(dev0)
+                && err.contains("in use")
+                && err.contains(&*mnt.to_string_lossy())
+                && err.contains(&format!("pid {}", daemon.pid)),
+            "{what} of mounted devices: {err}"
+        );
+        assert!(
+            !err.contains("waiting"),
+            "{what} waited for a live mount: {err}"
+        );
+    }
+    assert!(!is_mounted(&mnt2));
+    let out = stripefs_may_fail(&["mkfs", devs[2].to_str().expect("UTF-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "mkfs of a mounted device: {err}"
+    );
+    assert!(
+        err.contains(devs[2].to_str().expect("UTF-8")) && err.contains("in use"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refusing a live mount's devices took {:?}",
+        started.elapsed()
+    );
+
+    daemon.unmount();
+    assert_fsck_clean(&devs);
+}
+
+/// A daemon whose mount was detached lazily (`umount -l`) while a file was open there keeps
+/// serving that file, and so keeps the devices: fsck waits for it only as long as
+/// `STRIPEFS_DEVICE_WAIT` says, then fails naming the device, the daemon and why. Once the
+/// file is closed the daemon exits, and fsck (waiting for it if need be) finds it clean.
+#[test]
+fn a_daemon_that_does_not_let_go_fails_the_wait_naming_it() {
+    if let Some(reason) = skip_reason(true) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let _w = Watchdog::new("bounded wait", Duration::from_secs(120));
+    let scratch = common::scratch_dir();
+    let images = image_files(scratch.path(), 2, 64 * MIB);
+    let loops = Loops::attach(&images);
+    let devs = loops.devices.clone();
+    mkfs(&devs, &[]);
+    let mnt = scratch.path().join("mnt");
+    let daemon = Daemon::mount(&devs, &mnt);
+    let data = contents(9, 5 * MIB as usize);
+    std::fs::write(mnt.join("kept"), &data).expect("write");
+    let open = File::open(mnt.join("kept")).expect("open");
+    common::mount::run("umount", &["-l", mnt.to_str().expect("UTF-8")], None);
+    untrack_mount(&mnt);
+
+    let fsck_args = [&["fsck"], &strs(&devs)[..]].concat();
+    let started = Instant::now();
+    let out = Command::new(STRIPEFS)
+        .args(&fsck_args)
+        .env("STRIPEFS_DEVICE_WAIT", "2")
+        .output()
+        .expect("run stripefs fsck");
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "fsck while the daemon serves: {err}"
+    );
+    assert!(
+        err.contains("waiting for the stripefs daemon")
+            && err.contains(devs[0].to_str().expect("UTF-8"))
+            && err.contains(&format!("pid {}", daemon.pid))
+            && err.contains("after 2 s")
+            && err.contains("detached"),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "the bounded wait took {took:?}"
+    );
+
+    // Closing the file ends the session: the daemon shuts down and fsck waits for it.
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut &open, &mut back).expect("read the open file");
+    assert_bytes("the file served on the detached mount", &back, &data);
+    drop(open);
+    assert_fsck_clean(&devs);
+    daemon.expect_exit_0(Duration::from_secs(20));
 }

@@ -697,8 +697,7 @@ fn permissions_are_checked_by_the_kernel() {
     let Some(fx) = Fixture::new("permissions", &[]) else {
         return;
     };
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        println!("skipped: setpriv not available");
+    if common::require::skip(&[common::require::Requirement::Tool("setpriv")]) {
         fx.finish();
         return;
     }

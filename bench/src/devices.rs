@@ -50,7 +50,7 @@ impl Kind {
         matches!(self, Kind::File | Kind::Loop)
     }
 
-    fn needs_root(self) -> bool {
+    pub(crate) fn needs_root(self) -> bool {
         matches!(self, Kind::Loop | Kind::RamLoop)
     }
 }

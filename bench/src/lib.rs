@@ -131,6 +131,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         None
     };
+    check_required(args)?;
     let machine = machine::Machine::probe();
     println!("{}", machine.summary());
     if machine.fio.is_none() {
@@ -188,6 +189,27 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
             .unwrap_or(if q { 64 << 20 } else { 1 << 30 }),
         huge_pages: args.huge_pages,
     })
+}
+
+/// With `STRIPEFS_REQUIRE_LOOP` or `STRIPEFS_REQUIRE_FUSE` set (as `.ci/run` sets them),
+/// what the run would skip for lack of loop devices or of a FUSE mount is an error instead,
+/// as it is in the tests.
+fn check_required(args: &BenchArgs) -> Result<()> {
+    let required = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0");
+    if required("STRIPEFS_REQUIRE_LOOP")
+        && (args.kinds.is_empty() || args.kinds.iter().any(|k| k.needs_root()))
+        && let Err(reason) = devices::loops_available()
+    {
+        bail!("STRIPEFS_REQUIRE_LOOP is set, but {reason}");
+    }
+    let mounts = |e: &EngineId| matches!(e, EngineId::Fuse | EngineId::CrossProcess);
+    if required("STRIPEFS_REQUIRE_FUSE")
+        && (args.engines.is_empty() || args.engines.iter().any(mounts))
+        && let Some(reason) = engines::files::mount_unavailable()
+    {
+        bail!("STRIPEFS_REQUIRE_FUSE is set, but {reason}");
+    }
+    Ok(())
 }
 
 /// The points to run, and the disk-bound kind they use.

@@ -45,8 +45,7 @@ fn compile_example(out: &Path) {
 
 #[test]
 fn the_c_example_reads_a_file_on_the_mount_byte_for_byte() {
-    if Command::new("cc").arg("--version").output().is_err() {
-        eprintln!("skipped: no C compiler (cc)");
+    if common::require::skip(&[common::require::Requirement::Tool("cc")]) {
         return;
     }
     require_mount!();

@@ -3,6 +3,9 @@
 //! directory the server was started for (the well-known derived socket path), and reads
 //! what the filesystem holds.
 
+#[path = "../../tests/common/require.rs"]
+mod require;
+
 use std::ffi::OsStr;
 use std::fs::File;
 use std::time::Duration;
@@ -14,9 +17,8 @@ use stripefs_fs::{DeviceSpec, pattern};
 
 #[test]
 fn a_server_without_a_mount_serves_host_stand_ins_found_by_the_derived_socket_path() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: not root (the socket lives in /run/stripefs)");
+    // The socket lives in /run/stripefs.
+    if require::skip(&[require::Requirement::Root]) {
         return;
     }
     let dir = tempfile::Builder::new()

@@ -1,6 +1,9 @@
 //! The mapping's state machine and fence, checked with an importer that records what it is
 //! asked to do (the mapping crate knows no devices; the fs crate tests the real ones).
 
+#[path = "../../tests/common/require.rs"]
+mod require;
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -236,8 +239,10 @@ fn huge_pages_work_or_fail_clearly() {
 #[test]
 fn udmabuf_exports_when_the_kernel_has_it() {
     let buffer = Buffer::new(1 << 20).unwrap();
-    if !stripefs_mapping::udmabuf::available() {
-        println!("skipped: /dev/udmabuf is not present on this kernel");
+    // Optional: most kernels have no udmabuf (STRIPEFS_REQUIRE_UDMABUF makes it required).
+    if let Some(reason) = require::Requirement::Udmabuf.missing() {
+        assert!(!stripefs_mapping::udmabuf::available());
+        println!("skipped: {reason}");
         assert!(matches!(
             stripefs_mapping::udmabuf::export(&buffer),
             Err(MappingError::UdmabufUnavailable { .. })

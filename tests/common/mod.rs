@@ -1,11 +1,13 @@
 //! Helpers shared by the end-to-end tests: a deterministic data pattern, byte-exact
 //! comparisons, an independent model of the stripe layout, scratch directories that support
-//! `O_DIRECT`, emulated devices, direct reads of whole devices, and a watchdog.
+//! `O_DIRECT`, emulated devices, direct reads of whole devices, a watchdog, and the checks of
+//! what a test needs from the machine (`require`: root, loop devices, FUSE, tools).
 //!
 //! Every test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
 pub mod mount;
+pub mod require;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};

@@ -17,35 +17,17 @@ use std::time::{Duration, Instant};
 /// The `stripefs` binary under test.
 pub const STRIPEFS: &str = env!("CARGO_BIN_EXE_stripefs");
 
-/// Why the mount tests cannot run here, if they cannot. With `STRIPEFS_REQUIRE_FUSE` set, a
-/// missing prerequisite fails the test instead.
+/// Why the mount tests cannot run here (FUSE, and loop devices if `loops`), if they cannot.
+/// A requirement whose `STRIPEFS_REQUIRE_*` switch is set fails the test instead (see
+/// [`super::require`]).
+#[track_caller]
 pub fn skip_reason(loops: bool) -> Option<String> {
-    let reason = missing(loops)?;
-    if std::env::var_os("STRIPEFS_REQUIRE_FUSE").is_some() {
-        panic!("STRIPEFS_REQUIRE_FUSE is set but {reason}");
-    }
-    Some(reason)
-}
-
-fn missing(loops: bool) -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (mounting FUSE with mount(2) needs root)".into());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("no /dev/fuse (fuse module not loaded)".into());
-    }
+    use super::require::{Requirement, missing};
     if loops {
-        if !Path::new("/dev/loop-control").exists() {
-            return Some("no /dev/loop-control (loop driver missing)".into());
-        }
-        match Command::new("losetup").arg("--version").output() {
-            Ok(out) if out.status.success() => {}
-            Ok(_) => return Some("`losetup --version` failed".into()),
-            Err(e) => return Some(format!("losetup not runnable: {e}")),
-        }
+        missing(&[Requirement::Fuse, Requirement::Loop])
+    } else {
+        missing(&[Requirement::Fuse])
     }
-    None
 }
 
 /// Makes this process the reaper of orphaned descendants, so the daemons that `stripefs
@@ -325,6 +307,29 @@ impl Daemon {
         );
         assert!(!is_mounted(&self.mountpoint));
         untrack_mount(&self.mountpoint);
+    }
+
+    /// A plain `umount MOUNTPOINT` (the system's umount, as fstab, systemd and scripts do),
+    /// without waiting for the daemon: it may still be writing its final checkpoint and
+    /// holding the devices when this returns. Reap it later with [`Daemon::expect_exit_0`].
+    #[track_caller]
+    pub fn umount_plain(&self) {
+        run("umount", &[self.mountpoint.to_str().expect("UTF-8")], None);
+        assert!(!is_mounted(&self.mountpoint));
+        untrack_mount(&self.mountpoint);
+    }
+
+    /// After an unmount: the daemon must exit 0 within `limit`.
+    #[track_caller]
+    pub fn expect_exit_0(mut self, limit: Duration) {
+        let status = self.wait(limit);
+        assert_eq!(
+            status,
+            Some(0),
+            "daemon {} did not exit 0 after the unmount; its log:\n{}",
+            self.pid,
+            self.log_text()
+        );
     }
 
     /// Sends `signal`; the daemon must unmount, shut down and exit 0.

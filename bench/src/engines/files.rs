@@ -363,7 +363,7 @@ fn wait_free(specs: &[DeviceSpec]) -> Result<()> {
 }
 
 /// Why the filesystem cannot be mounted here, if it cannot.
-fn mount_unavailable() -> Option<String> {
+pub(crate) fn mount_unavailable() -> Option<String> {
     if !is_root() {
         Some("needs root (mounting FUSE with mount(2))".into())
     } else if !Path::new("/dev/fuse").exists() {

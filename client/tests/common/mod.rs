@@ -4,7 +4,8 @@
 //! with [`CHILD_ENV`] set, or the C example).
 //!
 //! Needs root and /dev/fuse; without them a test prints `skipped: <reason>` and returns
-//! (it fails instead when `STRIPEFS_REQUIRE_FUSE` is set).
+//! (it fails instead when `STRIPEFS_REQUIRE_FUSE` or `STRIPEFS_REQUIRE_ROOT` is set: the
+//! checks are the workspace's, `tests/common/require.rs`).
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
@@ -18,31 +19,25 @@ use stripefs_fs::filesystem::{self, Filesystem, MkfsOptions};
 use stripefs_fs::mount::{Mount, MountOptions};
 use stripefs_fs::{DeviceSpec, pattern};
 
+/// The workspace's checks of what a test needs from the machine.
+#[path = "../../../tests/common/require.rs"]
+pub mod require;
+
 /// Set in a child process: what the child should do (see the child entry of each test file).
 pub const CHILD_ENV: &str = "STRIPEFS_CONTROL_TEST_CHILD";
 
-/// Why these tests cannot run here, if they cannot.
+/// Why these tests cannot run here (a FUSE mount), if they cannot; panics instead when that
+/// is required (`STRIPEFS_REQUIRE_FUSE`, `STRIPEFS_REQUIRE_ROOT`).
+#[track_caller]
 pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let reason = if unsafe { libc::geteuid() } != 0 {
-        Some("not root (mounting FUSE with mount(2) needs root)".to_string())
-    } else if !Path::new("/dev/fuse").exists() {
-        Some("no /dev/fuse (fuse module not loaded)".to_string())
-    } else {
-        None
-    }?;
-    if std::env::var_os("STRIPEFS_REQUIRE_FUSE").is_some() {
-        panic!("STRIPEFS_REQUIRE_FUSE is set but {reason}");
-    }
-    Some(reason)
+    require::missing(&[require::Requirement::Fuse])
 }
 
 /// Returns from the test with a printed reason when it cannot run here.
 #[macro_export]
 macro_rules! require_mount {
     () => {
-        if let Some(reason) = common::skip_reason() {
-            eprintln!("skipped: {reason}");
+        if common::require::skip(&[common::require::Requirement::Fuse]) {
             return;
         }
     };

@@ -91,6 +91,11 @@ impl Pending {
         !self.busy.is_empty()
     }
 
+    /// Bytes freed by changes not yet durable.
+    pub(crate) fn busy_bytes(&self) -> u64 {
+        self.busy.iter().map(|b| b.len).sum()
+    }
+
     /// Takes every queued record: the cut of one commit.
     pub(crate) fn take(&mut self) -> Cut {
         Cut {

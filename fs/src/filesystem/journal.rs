@@ -276,7 +276,10 @@ fn log_has_entries(
     if read_device(devices, pool, area.device, area.log_offset(), &mut log).is_err() {
         return false;
     }
-    matches!(ondisk::decode_entry(&log, generation, 1), Ok(Some(_)) | Err(_))
+    matches!(
+        ondisk::decode_entry(&log, generation, 1),
+        Ok(Some(_)) | Err(_)
+    )
 }
 
 fn read_header(

@@ -830,12 +830,16 @@ impl Filesystem {
         // Lock order is metadata, then allocator (`change` frees space while it holds the
         // metadata): never wait for the metadata while holding the allocator.
         let files = self.meta.read().len() as u64;
+        // Space freed by changes not yet durable counts as free: it is, as soon as the next
+        // commit (which an allocation that needs it forces). Pending before allocator, as
+        // in `change`.
         let (blocks, bfree) = {
+            let pending = self.pending.lock();
             let alloc = self.alloc.lock();
             let n = self.devices.len();
             let blocks = (0..n).map(|d| alloc.capacity(d)).sum::<u64>() / BLOCK_SIZE;
-            let bfree = (0..n).map(|d| alloc.free(d)).sum::<u64>() / BLOCK_SIZE;
-            (blocks, bfree)
+            let free = (0..n).map(|d| alloc.free(d)).sum::<u64>() + pending.busy_bytes();
+            (blocks, (free / BLOCK_SIZE).min(blocks))
         };
         // A small file costs about this much metadata (inode, name, an extent or two).
         const BYTES_PER_FILE: u64 = 256;
