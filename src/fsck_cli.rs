@@ -1,8 +1,9 @@
-//! `stripefs fsck DEV...`: checks a filesystem that is not mounted and reports what is wrong.
+//! `stripefs fsck DEV...`: checks a filesystem that is not mounted and reports what is wrong
+//! (reading only); `--repair` repairs what has one right answer and refuses the rest.
 
 use anyhow::{Context, Result};
 use stripefs_fs::DeviceSpec;
-use stripefs_fs::filesystem::{self, FsckReport};
+use stripefs_fs::filesystem::{self, FsckReport, RepairReport};
 
 /// Arguments of `stripefs fsck`.
 #[derive(Debug, clap::Args)]
@@ -10,6 +11,11 @@ pub struct FsckArgs {
     /// The filesystem's devices, in mkfs order (paths or emu: specs).
     #[arg(required = true)]
     pub devices: Vec<String>,
+    /// Repair what can be repaired safely (a torn checkpoint with a whole older one,
+    /// orphans and their space, extents past the end of a file, entries naming missing
+    /// inodes), saying what was done; refuse, writing nothing, what cannot.
+    #[arg(long)]
+    pub repair: bool,
 }
 
 /// Runs fsck; returns whether the filesystem is clean (the caller exits 1 if not).
@@ -25,9 +31,35 @@ pub fn run(args: &FsckArgs) -> Result<bool> {
     // Not while a mount uses them; a daemon finishing an unmount of them is waited for.
     let _locks = crate::lock::lock_devices(&specs)?;
     let devices = filesystem::open_devices(&specs).context("opening the devices")?;
+    if args.repair {
+        let report = filesystem::repair(&devices).context("the metadata cannot be read")?;
+        print_repair(&report);
+        return Ok(report.is_clean());
+    }
     let report = filesystem::fsck(&devices).context("the metadata cannot be read")?;
     print(&report);
     Ok(report.is_clean())
+}
+
+fn print_repair(report: &RepairReport) {
+    if report.repaired.is_empty() && report.refused.is_empty() {
+        println!("nothing to repair: clean");
+        return;
+    }
+    for r in &report.repaired {
+        println!("repaired: {r}");
+    }
+    if report.is_clean() {
+        println!(
+            "clean (checkpoint generation {})",
+            report.checkpoint_generation
+        );
+    } else {
+        println!("{} problem(s) not repaired:", report.refused.len());
+        for r in &report.refused {
+            println!("  {r}");
+        }
+    }
 }
 
 fn print(report: &FsckReport) {
@@ -43,6 +75,11 @@ fn print(report: &FsckReport) {
         println!(
             "{} unlinked inode(s) left open at a crash: freed at the next mount (not damage)",
             report.orphans
+        );
+    }
+    for p in &report.passed_over {
+        println!(
+            "passed over a checkpoint torn by a crash (not damage: mount uses the older one and its log; `--repair` rewrites it): {p}"
         );
     }
     if report.is_clean() {

@@ -35,7 +35,8 @@ enum Command {
     /// Unmount and wait until the daemon has written its checkpoint and exited.
     Umount(umount::UmountArgs),
     /// Check the superblocks and metadata of a filesystem that is not mounted (waiting for a
-    /// daemon that is finishing an unmount of it); exits 1 if anything is wrong.
+    /// daemon that is finishing an unmount of it); exits 1 if anything is wrong. With
+    /// --repair, repair what can be repaired safely and refuse the rest.
     Fsck(fsck_cli::FsckArgs),
     /// Write files to standard output; with --registered, read them through a buffer
     /// registered with the mount daemon (registered I/O from this process).

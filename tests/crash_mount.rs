@@ -160,3 +160,36 @@ fn kill_9_after_an_unlink_keeps_the_fsynced_file_bytes() {
     }
     daemon.unmount();
 }
+
+#[test]
+fn fsck_repair_frees_an_orphan_left_by_kill_9() {
+    let Some((_w, scratch, images)) = setup("fsck --repair", 64 * MIB, &[]) else {
+        return;
+    };
+    let mnt = scratch.path().join("mnt");
+    let daemon = Daemon::mount(&images, &mnt);
+    write_synced(&mnt.join("o"), &contents(3, 3 * MIB as usize)).expect("write");
+    let open = std::fs::File::open(mnt.join("o")).expect("open");
+    std::fs::remove_file(mnt.join("o")).expect("unlink while open");
+    std::fs::File::open(&mnt)
+        .and_then(|d| d.sync_all())
+        .expect("fsync the directory: the unlink is durable");
+    daemon.kill9();
+    drop(open);
+    clear_mount(&mnt);
+    let devices = common::mount::strs(&images);
+    let out = common::mount::stripefs(&[&["fsck", "--repair"], &devices[..]].concat());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("repaired: freed orphan")
+            && text.contains("3145728 bytes")
+            && text.contains("clean"),
+        "fsck --repair did not say what it did:\n{text}"
+    );
+    let out = common::mount::stripefs(&[&["fsck"], &devices[..]].concat());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("clean") && !text.contains("left open") && text.contains(" 0 bytes stored"),
+        "the orphan is still there after the repair:\n{text}"
+    );
+}
