@@ -154,12 +154,26 @@ impl Filesystem {
             other => other?,
         };
         if let Err(e) = self.transfer(Op::Write, &pieces, target) {
-            let mut alloc = self.alloc.lock();
-            for (_, device, e2) in &fresh {
-                alloc.release(*device, e2.device_offset, e2.len);
-            }
+            self.release_unrecorded(&fresh);
             return Err(e);
         }
+        let recorded = self.record_write(ino, &fresh, grow_to);
+        // Refused before anything was applied: the space is nobody's. (A record that failed
+        // to apply half way is a bug; then the space stays out of use rather than be given
+        // twice.)
+        if let Err(FsError::MetadataFull { .. } | FsError::NotFound) = recorded {
+            self.release_unrecorded(&fresh);
+        }
+        recorded
+    }
+
+    /// The change of a write: its new extents, the file's size (at least `grow_to`) and times.
+    fn record_write(
+        &self,
+        ino: u64,
+        fresh: &[(usize, usize, Extent)],
+        grow_to: Option<u64>,
+    ) -> Result<(), FsError> {
         let mut records: Vec<Record> = fresh
             .iter()
             .map(|(column, _, e)| Record::Extent {
@@ -179,6 +193,14 @@ impl Filesystem {
         r.ctime = t;
         records.push(Record::Inode(r));
         self.change(&mut meta, records)
+    }
+
+    /// Gives back space allocated for a write whose extents were never recorded.
+    fn release_unrecorded(&self, fresh: &[(usize, usize, Extent)]) {
+        let mut alloc = self.alloc.lock();
+        for (_, device, e) in fresh {
+            alloc.release(*device, e.device_offset, e.len);
+        }
     }
 
     /// Gives every hole in `pieces` device space (all or nothing); returns the new extents as
