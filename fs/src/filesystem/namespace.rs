@@ -1,0 +1,462 @@
+//! The namespace: lookups and attributes, creating, linking, unlinking and renaming names,
+//! and listing directories. Each operation is one metadata change.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
+
+use stripefs_layout::ondisk::{InodeKind, InodeRecord, LayoutRecord, Record, Timestamp};
+
+use super::error::FsError;
+use super::format::BLOCK_SIZE;
+use super::{
+    Attr, Caller, DirEntry, FileType, Filesystem, NAME_MAX, RenameFlags, SetAttr, format, now,
+    to_system_time, to_timestamp,
+};
+use crate::meta::{self, Inode, Metadata};
+
+impl Filesystem {
+    /// Looks `name` up in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        let meta = self.meta.read();
+        let ino = child(&meta, parent, name.as_bytes())?;
+        self.attr_of(&meta, ino)
+    }
+
+    /// The attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let meta = self.meta.read();
+        self.attr_of(&meta, ino)
+    }
+
+    pub(super) fn attr_of(&self, meta: &Metadata, ino: u64) -> Result<Attr, FsError> {
+        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+        Ok(attr(inode))
+    }
+
+    /// Changes mode, owner, size or times.
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr, FsError> {
+        if let Some(size) = set.size {
+            self.truncate(ino, size)?;
+        }
+        let mut meta = self.meta.write();
+        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+        let mut r = inode.record.clone();
+        if let Some(mode) = set.mode {
+            r.mode = mode & 0o7777;
+        }
+        if let Some(uid) = set.uid {
+            r.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            r.gid = gid;
+        }
+        if let Some(t) = set.atime {
+            r.atime = to_timestamp(t);
+        }
+        if let Some(t) = set.mtime {
+            r.mtime = to_timestamp(t);
+        }
+        r.ctime = now();
+        self.change(&mut meta, vec![Record::Inode(r)])?;
+        self.attr_of(&meta, ino)
+    }
+
+    /// Creates a regular file.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        who: Caller,
+    ) -> Result<Attr, FsError> {
+        self.make(parent, name, InodeKind::File, mode, who, Vec::new())
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        who: Caller,
+    ) -> Result<Attr, FsError> {
+        self.make(parent, name, InodeKind::Dir, mode, who, Vec::new())
+    }
+
+    /// Creates a symbolic link to `target`.
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &[u8],
+        who: Caller,
+    ) -> Result<Attr, FsError> {
+        if target.is_empty() || target.len() > 4096 {
+            return Err(FsError::invalid(format!(
+                "symlink target of {} bytes (1 to 4096 allowed)",
+                target.len()
+            )));
+        }
+        self.make(
+            parent,
+            name,
+            InodeKind::Symlink,
+            0o777,
+            who,
+            target.to_vec(),
+        )
+    }
+
+    pub(super) fn make(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        kind: InodeKind,
+        mode: u32,
+        who: Caller,
+        target: Vec<u8>,
+    ) -> Result<Attr, FsError> {
+        let name = check_name(name.as_bytes())?;
+        let mut meta = self.meta.write();
+        let dir = directory(&meta, parent)?;
+        if dir.entries.contains_key(name) {
+            return Err(FsError::Exists);
+        }
+        let layout = match kind {
+            InodeKind::File => Some(self.layout_for_new_file(dir)),
+            InodeKind::Dir => dir.record.layout.clone(),
+            InodeKind::Symlink => None,
+        };
+        let ino = meta.next_ino();
+        let t = now();
+        let mut record = meta::new_inode(ino, kind, mode, who.uid, who.gid, t, layout);
+        record.size = target.len() as u64;
+        record.symlink_target = target;
+        let mut parent_record = dir.record.clone();
+        parent_record.mtime = t;
+        parent_record.ctime = t;
+        self.change(
+            &mut meta,
+            vec![
+                Record::Inode(record),
+                Record::Link {
+                    parent,
+                    name: name.to_vec(),
+                    ino,
+                },
+                Record::Inode(parent_record),
+            ],
+        )?;
+        self.attr_of(&meta, ino)
+    }
+
+    pub(super) fn layout_for_new_file(&self, dir: &Inode) -> LayoutRecord {
+        if let Some(l) = &dir.record.layout {
+            return l.clone();
+        }
+        let first = self.next_first_device.fetch_add(1, Ordering::Relaxed);
+        format::default_layout(self.superblock(), first % self.devices.len().max(1))
+    }
+
+    /// The target of a symbolic link.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let meta = self.meta.read();
+        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+        if inode.record.kind != InodeKind::Symlink {
+            return Err(FsError::invalid("not a symbolic link"));
+        }
+        Ok(inode.record.symlink_target.clone())
+    }
+
+    /// Adds a hard link to `ino` (not a directory).
+    pub fn link(&self, ino: u64, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        let name = check_name(name.as_bytes())?;
+        let mut meta = self.meta.write();
+        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+        if inode.is_dir() {
+            return Err(FsError::NotSupported {
+                what: "hard links to directories",
+            });
+        }
+        let mut record = inode.record.clone();
+        let dir = directory(&meta, parent)?;
+        if dir.entries.contains_key(name) {
+            return Err(FsError::Exists);
+        }
+        let t = now();
+        record.ctime = t;
+        let mut parent_record = dir.record.clone();
+        parent_record.mtime = t;
+        parent_record.ctime = t;
+        self.change(
+            &mut meta,
+            vec![
+                Record::Link {
+                    parent,
+                    name: name.to_vec(),
+                    ino,
+                },
+                Record::Inode(record),
+                Record::Inode(parent_record),
+            ],
+        )?;
+        self.attr_of(&meta, ino)
+    }
+
+    /// Removes a name of a file or symlink; the inode goes when its last name and last open
+    /// handle are gone.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        self.remove(parent, name.as_bytes(), false)
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        self.remove(parent, name.as_bytes(), true)
+    }
+
+    pub(super) fn remove(&self, parent: u64, name: &[u8], want_dir: bool) -> Result<(), FsError> {
+        let mut meta = self.meta.write();
+        let ino = child(&meta, parent, name)?;
+        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+        match (want_dir, inode.is_dir()) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            (true, true) if !inode.entries.is_empty() => return Err(FsError::NotEmpty),
+            _ => {}
+        }
+        let t = now();
+        let mut records = vec![Record::Unlink {
+            parent,
+            name: name.to_vec(),
+        }];
+        records.extend(self.touch_parent(&meta, parent, t));
+        records.extend(self.drop_link(&meta, ino, t));
+        self.change(&mut meta, records)?;
+        self.after_free(&meta, ino);
+        Ok(())
+    }
+
+    pub(super) fn touch_parent(
+        &self,
+        meta: &Metadata,
+        parent: u64,
+        t: Timestamp,
+    ) -> Option<Record> {
+        let mut r = meta.get(parent)?.record.clone();
+        r.mtime = t;
+        r.ctime = t;
+        Some(Record::Inode(r))
+    }
+
+    /// Records for losing one name of `ino`: its ctime, or its end.
+    pub(super) fn drop_link(&self, meta: &Metadata, ino: u64, t: Timestamp) -> Vec<Record> {
+        let Some(inode) = meta.get(ino) else {
+            return Vec::new();
+        };
+        let last = if inode.is_dir() {
+            true
+        } else {
+            inode.nlink <= 1
+        };
+        if last && !self.is_open(ino) {
+            return vec![Record::FreeInode { ino }];
+        }
+        let mut r = inode.record.clone();
+        r.ctime = t;
+        vec![Record::Inode(r)]
+    }
+
+    /// After an inode may have gone: revoke its registrations.
+    pub(super) fn after_free(&self, meta: &Metadata, ino: u64) {
+        if meta.get(ino).is_some() {
+            return;
+        }
+        self.data_locks.remove(&ino);
+        self.registrations.retain(|_, (i, mapping)| {
+            if *i == ino {
+                mapping.revoke();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Renames `parent/name` to `new_parent/new_name`, replacing a compatible target.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<(), FsError> {
+        if flags.exchange {
+            return Err(FsError::NotSupported {
+                what: "RENAME_EXCHANGE",
+            });
+        }
+        let (name, new_name) = (name.as_bytes(), check_name(new_name.as_bytes())?);
+        let mut meta = self.meta.write();
+        let ino = child(&meta, parent, name)?;
+        directory(&meta, new_parent)?;
+        let source_is_dir = meta.get(ino).is_some_and(Inode::is_dir);
+        if source_is_dir && is_ancestor(&meta, ino, new_parent) {
+            return Err(FsError::invalid("cannot move a directory into itself"));
+        }
+        let target = meta
+            .get(new_parent)
+            .and_then(|d| d.entries.get(new_name).copied());
+        let t = now();
+        let mut records = Vec::new();
+        if let Some(target) = target {
+            if target == ino {
+                return Ok(());
+            }
+            if flags.noreplace {
+                return Err(FsError::Exists);
+            }
+            let target_inode = meta.get(target).ok_or(FsError::NotFound)?;
+            match (source_is_dir, target_inode.is_dir()) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !target_inode.entries.is_empty() => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            records.push(Record::Unlink {
+                parent: new_parent,
+                name: new_name.to_vec(),
+            });
+            records.extend(self.drop_link(&meta, target, t));
+        }
+        records.push(Record::Unlink {
+            parent,
+            name: name.to_vec(),
+        });
+        records.push(Record::Link {
+            parent: new_parent,
+            name: new_name.to_vec(),
+            ino,
+        });
+        if let Some(mut r) = meta.get(ino).map(|i| i.record.clone()) {
+            r.ctime = t;
+            records.push(Record::Inode(r));
+        }
+        records.extend(self.touch_parent(&meta, parent, t));
+        if new_parent != parent {
+            records.extend(self.touch_parent(&meta, new_parent, t));
+        }
+        self.change(&mut meta, records)?;
+        if let Some(target) = target {
+            self.after_free(&meta, target);
+        }
+        Ok(())
+    }
+
+    /// Entries of directory `ino` from position `offset` on ("." and ".." first).
+    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+        let meta = self.meta.read();
+        let dir = directory(&meta, ino)?;
+        let mut out = Vec::new();
+        let dots = [(ino, b".".to_vec()), (dir.parent, b"..".to_vec())];
+        let all =
+            dots.into_iter()
+                .map(|(i, n)| (i, n, FileType::Dir))
+                .chain(dir.entries.iter().map(|(n, &i)| {
+                    let kind = meta
+                        .get(i)
+                        .map_or(FileType::File, |c| file_type(c.record.kind));
+                    (i, n.clone(), kind)
+                }));
+        for (position, (child, name, kind)) in all.enumerate().skip(offset as usize) {
+            out.push(DirEntry {
+                ino: child,
+                next: position as u64 + 1,
+                kind,
+                name,
+            });
+        }
+        Ok(out)
+    }
+}
+
+pub(super) fn check_name(name: &[u8]) -> Result<&[u8], FsError> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong {
+            len: name.len(),
+            max: NAME_MAX,
+        });
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(FsError::InvalidName {
+            name: String::from_utf8_lossy(name).into_owned(),
+        });
+    }
+    Ok(name)
+}
+
+pub(super) fn directory(meta: &Metadata, ino: u64) -> Result<&Inode, FsError> {
+    let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+    if !inode.is_dir() {
+        return Err(FsError::NotDir);
+    }
+    Ok(inode)
+}
+
+pub(super) fn child(meta: &Metadata, parent: u64, name: &[u8]) -> Result<u64, FsError> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong {
+            len: name.len(),
+            max: NAME_MAX,
+        });
+    }
+    directory(meta, parent)?
+        .entries
+        .get(name)
+        .copied()
+        .ok_or(FsError::NotFound)
+}
+
+/// Whether `ancestor` is `ino` or one of its parents.
+pub(super) fn is_ancestor(meta: &Metadata, ancestor: u64, mut ino: u64) -> bool {
+    for _ in 0..4096 {
+        if ino == ancestor {
+            return true;
+        }
+        match meta.get(ino) {
+            Some(i) if i.parent != ino => ino = i.parent,
+            _ => return false,
+        }
+    }
+    true
+}
+
+pub(super) fn file_type(kind: InodeKind) -> FileType {
+    match kind {
+        InodeKind::File => FileType::File,
+        InodeKind::Dir => FileType::Dir,
+        InodeKind::Symlink => FileType::Symlink,
+    }
+}
+
+pub(super) fn attr(inode: &Inode) -> Attr {
+    let r: &InodeRecord = &inode.record;
+    let stored: u64 = inode.extents.iter().map(|m| m.stored_bytes()).sum();
+    Attr {
+        ino: r.ino,
+        kind: file_type(r.kind),
+        size: r.size,
+        blocks: stored / 512,
+        mode: r.mode,
+        nlink: inode.nlink,
+        uid: r.uid,
+        gid: r.gid,
+        atime: to_system_time(r.atime),
+        mtime: to_system_time(r.mtime),
+        ctime: to_system_time(r.ctime),
+        crtime: to_system_time(r.crtime),
+        blksize: BLOCK_SIZE as u32,
+    }
+}
