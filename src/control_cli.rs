@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Instant;
-use stripefs_fs::spec::format_size;
+use stripefs_engine::spec::format_size;
 
 use anyhow::{Context, Result, bail};
 use stripefs_client::{Client, ClientBuffer, ClientError, ClientOptions, Completion, Op, Request};
@@ -40,7 +40,7 @@ pub struct StatArgs {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    stripefs_fs::spec::parse_size(s).map_err(|e| e.to_string())
+    stripefs_engine::spec::parse_size(s).map_err(|e| e.to_string())
 }
 
 /// Runs `stripefs cat`.

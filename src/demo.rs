@@ -4,10 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use stripefs_fs::spec::format_size;
+use stripefs_engine::spec::format_size;
 
 use anyhow::{Context, Result, bail};
-use stripefs_fs::{Completion, DeviceQueue, DeviceSpec, IoContext, Op, Request, Volume, pattern};
+use stripefs_engine::{
+    Completion, DeviceQueue, DeviceSpec, IoContext, Op, Request, Volume, pattern,
+};
 use stripefs_layout::StripeUnit;
 use stripefs_mapping::{Buffer, Mapping};
 
@@ -43,7 +45,7 @@ pub struct DemoArgs {
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    stripefs_fs::spec::parse_size(s).map_err(|e| e.to_string())
+    stripefs_engine::spec::parse_size(s).map_err(|e| e.to_string())
 }
 
 const SEED: u64 = 0x5354_5249_5045_4653;
@@ -325,11 +327,11 @@ fn print_setup(volume: &Volume, dir: &Path, request: u64, depth: usize) {
     );
 }
 
-fn stats(volume: &Volume) -> Vec<stripefs_fs::DeviceStats> {
+fn stats(volume: &Volume) -> Vec<stripefs_engine::DeviceStats> {
     volume.devices().iter().map(DeviceQueue::stats).collect()
 }
 
-fn print_devices(volume: &Volume, before: &[stripefs_fs::DeviceStats], read_time: Duration) {
+fn print_devices(volume: &Volume, before: &[stripefs_engine::DeviceStats], read_time: Duration) {
     println!(
         "{:<40} {:>12} {:>10} {:>12} {:>10}",
         "device", "read", "commands", "written", "read MB/s"

@@ -2,7 +2,7 @@
 //! (reading only); `--repair` repairs what has one right answer and refuses the rest.
 
 use anyhow::{Context, Result};
-use stripefs_fs::DeviceSpec;
+use stripefs_engine::DeviceSpec;
 use stripefs_fs::filesystem::{self, FsckReport, RepairReport};
 
 /// Arguments of `stripefs fsck`.

@@ -1,9 +1,9 @@
 //! `stripefs mkfs`: writes a new, empty filesystem over a set of devices.
 
 use anyhow::{Context, Result};
-use stripefs_fs::DeviceSpec;
+use stripefs_engine::DeviceSpec;
+use stripefs_engine::spec::format_size;
 use stripefs_fs::filesystem::{self, MkfsOptions, hex};
-use stripefs_fs::spec::format_size;
 
 use crate::demo::parse_size;
 

@@ -29,8 +29,9 @@ use std::sync::mpsc::{Sender, channel};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use stripefs_engine::DeviceSpec;
+use stripefs_fs::Filesystem;
 use stripefs_fs::mount::{Mount, MountOptions, is_root};
-use stripefs_fs::{DeviceSpec, Filesystem};
 
 use crate::lock::{DaemonState, DeviceLocks, Phase, lock_devices};
 use crate::mkfs::parse_specs;
@@ -56,7 +57,7 @@ pub struct MountArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    stripefs_fs::spec::parse_duration(s).map_err(|e| e.to_string())
+    stripefs_engine::spec::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// What the serving loop waits for.

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{KIB, MIB};
-use stripefs_fs::spec::SpecError;
-use stripefs_fs::{DeviceQueue, DeviceSpec, Error, IoContext, Op, QueueOptions, Request, Volume};
+use stripefs_engine::spec::SpecError;
+use stripefs_engine::{
+    DeviceQueue, DeviceSpec, Error, IoContext, Op, QueueOptions, Request, Volume,
+};
 use stripefs_layout::{LayoutError, StripeUnit};
 use stripefs_mapping::{Buffer, Mapping, MappingError, MappingState};
 

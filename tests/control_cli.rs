@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use common::mount::{Daemon, STRIPEFS, image_files, mkfs, skip_reason};
 use common::{MIB, Watchdog};
+use stripefs_engine::{DeviceSpec, pattern};
 use stripefs_fs::control::{Server, ServerHandle};
 use stripefs_fs::filesystem::{self, Filesystem, MkfsOptions};
 use stripefs_fs::mount::{Mount, MountOptions};
-use stripefs_fs::{DeviceSpec, pattern};
 
 /// A stripefs mounted by this process, with its control server.
 struct InProcess {

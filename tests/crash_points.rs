@@ -24,8 +24,8 @@ use crash::concurrent::{self, ConcurrentRun, Promises};
 use crash::images::{Replay, Variant};
 use crash::workload::{self, MARK_DATASYNC, MARK_FSYNC, MARK_START, Run};
 use crash::{DEVICE_SIZE, DEVICES};
+use stripefs_engine::{DeviceQueue, DeviceSpec, WriteEvent};
 use stripefs_fs::filesystem::Filesystem;
-use stripefs_fs::{DeviceQueue, DeviceSpec, WriteEvent};
 
 /// How many crash points of one workload the default run checks at most.
 const SAMPLED_POINTS: usize = 40;

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{KIB, MIB, Req};
-use stripefs_fs::{DeviceKind, Error, Op, Volume};
+use stripefs_engine::{DeviceKind, Error, Op, Volume};
 use stripefs_layout::StripeUnit;
 use stripefs_mapping::{Buffer, ImportError, MappingError};
 
@@ -644,11 +644,11 @@ fn dropping_the_volume_waits_for_requests_in_flight() {
     let buffer = Buffer::new(volume.size() + SHIFT).expect("buffer");
     let mapping = volume.register(&buffer).expect("register");
     let reads = common::tile(0, 4 * MIB, &SIZES, SHIFT);
-    let mut ctx = stripefs_fs::IoContext::new(reads.len());
+    let mut ctx = stripefs_engine::IoContext::new(reads.len());
     for (i, r) in reads.iter().enumerate() {
         ctx.submit(
             &volume,
-            stripefs_fs::Request {
+            stripefs_engine::Request {
                 op: Op::Read,
                 mapping: &mapping,
                 offset: r.offset,

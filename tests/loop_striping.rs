@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::mount::Loops;
 use common::{KIB, MIB, Req};
-use stripefs_fs::{DeviceKind, DeviceQueue, Op, QueueOptions, Volume};
+use stripefs_engine::{DeviceKind, DeviceQueue, Op, QueueOptions, Volume};
 use stripefs_layout::StripeUnit;
 use stripefs_mapping::Buffer;
 

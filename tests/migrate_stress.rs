@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{KIB, MIB};
-use stripefs_fs::{Error, IoContext, Op, Request, Volume};
+use stripefs_engine::{Error, IoContext, Op, Request, Volume};
 use stripefs_layout::StripeUnit;
 use stripefs_mapping::{Buffer, Mapping, MappingError, MappingState};
 

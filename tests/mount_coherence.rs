@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use common::mount::{contents, image_files, skip_reason};
 use common::{MIB, Watchdog, assert_bytes, buffer_bytes};
+use stripefs_engine::DeviceSpec;
+use stripefs_fs::FsError;
 use stripefs_fs::filesystem::{self, Filesystem, MkfsOptions};
 use stripefs_fs::mount::{Mount, MountOptions};
-use stripefs_fs::{DeviceSpec, FsError};
 use stripefs_mapping::Buffer;
 
 struct Mounted {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use stripefs_fs::Volume;
+use stripefs_engine::Volume;
 use stripefs_layout::StripeUnit;
 use stripefs_mapping::Buffer;
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use stripefs_fs::spec::format_size;
+use stripefs_engine::spec::format_size;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -291,7 +291,7 @@ fn make_files(dir: &Path, n: usize, size: u64) -> Result<Vec<PathBuf>> {
             let mut written = 0u64;
             while written < size {
                 let len = (size - written).min(chunk as u64) as usize;
-                stripefs_fs::pattern::fill(i as u64 + 1, written, &mut block[..len]);
+                stripefs_engine::pattern::fill(i as u64 + 1, written, &mut block[..len]);
                 file.write_all(&block[..len])
                     .with_context(|| format!("writing {}", path.display()))?;
                 written += len as u64;

@@ -105,7 +105,7 @@ pub struct BenchArgs {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    stripefs_fs::spec::parse_size(s).map_err(|e| e.to_string())
+    stripefs_engine::spec::parse_size(s).map_err(|e| e.to_string())
 }
 
 /// Huge pages reserved with `--huge-pages`: room for the largest buffers of every engine
@@ -125,7 +125,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let reservation = memory::HugePageReservation::reserve(HUGE_RESERVATION)?;
         println!(
             "I/O buffers: 2 MiB huge pages ({} reserved for the run)",
-            stripefs_fs::spec::format_size(HUGE_RESERVATION)
+            stripefs_engine::spec::format_size(HUGE_RESERVATION)
         );
         Some(reservation)
     } else {

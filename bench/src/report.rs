@@ -12,7 +12,7 @@ use crate::results::PointResult;
 use crate::stats::Measurement;
 use crate::targets::{Check, Verdict};
 use crate::workload::Sweep;
-use stripefs_fs::spec::format_size;
+use stripefs_engine::spec::format_size;
 
 /// Settings that shape the figures.
 #[derive(Clone, Debug, Serialize)]

@@ -11,9 +11,9 @@ use std::fs::File;
 use std::time::Duration;
 
 use stripefs_client::{Client, ClientBuffer};
+use stripefs_engine::{DeviceSpec, pattern};
 use stripefs_fs::control::{HostFiles, Server, ServerOptions};
 use stripefs_fs::filesystem::{self, Caller, Filesystem, MkfsOptions};
-use stripefs_fs::{DeviceSpec, pattern};
 
 #[test]
 fn a_server_without_a_mount_serves_host_stand_ins_found_by_the_derived_socket_path() {

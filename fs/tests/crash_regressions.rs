@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{Devices, ME, ROOT, data, fsck, queues};
-use stripefs_fs::DeviceSpec;
+use stripefs_engine::DeviceSpec;
 use stripefs_fs::filesystem::Filesystem;
 
 fn devices(n: usize, size: u64, metadata: u64) -> Devices {

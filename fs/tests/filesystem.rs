@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use stripefs_fs::DeviceSpec;
+use stripefs_engine::DeviceSpec;
 use stripefs_fs::filesystem::{
     self, FileType, Filesystem, FsError, MkfsOptions, RenameFlags, SetAttr,
 };
@@ -235,7 +235,7 @@ fn registered_io_against_a_file_uses_only_its_devices() {
     let m2 = fs.register(f.ino, &other).expect("register");
     assert!(matches!(
         fs.read_registered(&m2, 1000, 1000, 4 << 20),
-        Err(FsError::Device(stripefs_fs::Error::OutOfBuffer { .. }))
+        Err(FsError::Device(stripefs_engine::Error::OutOfBuffer { .. }))
     ));
     let n = fs
         .read_registered(&m2, 1000, 1000, 3 << 20)
@@ -582,7 +582,8 @@ fn expected(model: &[u8], offset: u64, len: u64) -> &[u8] {
 
 #[test]
 fn asynchronous_registered_reads_keep_many_in_flight_with_exact_data() {
-    use stripefs_fs::{Completion, FileRead, IoContext};
+    use stripefs_engine::{Completion, IoContext};
+    use stripefs_fs::FileRead;
 
     let d = devices(3, 64 << 20);
     mkfs(&d, 64 << 10);
@@ -669,7 +670,7 @@ fn asynchronous_registered_reads_keep_many_in_flight_with_exact_data() {
     };
     assert!(matches!(
         fs.submit_read(&mut ctx, &mapping, outside),
-        Err(FsError::Device(stripefs_fs::Error::OutOfBuffer { .. }))
+        Err(FsError::Device(stripefs_engine::Error::OutOfBuffer { .. }))
     ));
     let mut one = IoContext::new(1);
     let ok = FileRead {
@@ -681,7 +682,7 @@ fn asynchronous_registered_reads_keep_many_in_flight_with_exact_data() {
     fs.submit_read(&mut one, &mapping, ok).expect("first");
     assert!(matches!(
         fs.submit_read(&mut one, &mapping, ok),
-        Err(FsError::Device(stripefs_fs::Error::ContextFull {
+        Err(FsError::Device(stripefs_engine::Error::ContextFull {
             depth: 1
         }))
     ));
@@ -699,7 +700,8 @@ fn asynchronous_registered_reads_keep_many_in_flight_with_exact_data() {
 
 #[test]
 fn a_truncate_waits_for_asynchronous_reads_of_the_blocks_it_frees() {
-    use stripefs_fs::{FileRead, IoContext};
+    use stripefs_engine::IoContext;
+    use stripefs_fs::FileRead;
 
     // Emulated devices with 150 ms per command: a read stays in flight long enough to see
     // whether the truncate waited for it.
@@ -806,7 +808,8 @@ fn statfs_while_open_files_are_unlinked_and_released_does_not_deadlock() {
 
 #[test]
 fn a_read_submitted_while_a_writer_waits_does_not_stall_on_its_own_reads() {
-    use stripefs_fs::{FileRead, IoContext};
+    use stripefs_engine::IoContext;
+    use stripefs_fs::FileRead;
 
     // Read A holds the file shared until it completes; a writer then waits for it; read B
     // (same thread, same context) must wait for the writer, which waits for A, which only

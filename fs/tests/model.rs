@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 
 use proptest::prelude::*;
+use stripefs_engine::{DeviceSpec, pattern};
 use stripefs_fs::filesystem::{self, Caller, Filesystem, MkfsOptions, RenameFlags, SetAttr};
-use stripefs_fs::{DeviceSpec, pattern};
 
 const ROOT: u64 = 1;
 const NAMES: usize = 3;

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 
 use common::{ME, ROOT, data};
+use stripefs_engine::{DeviceSpec, PowerCut};
 use stripefs_fs::filesystem::{self, Filesystem, MkfsOptions};
-use stripefs_fs::{DeviceSpec, PowerCut};
 
 fn specs(dir: &std::path::Path) -> Vec<DeviceSpec> {
     (0..3)

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use common::{Devices, ME, ROOT, data, fsck, queues};
-use stripefs_fs::DeviceQueue;
+use stripefs_engine::DeviceQueue;
 use stripefs_fs::filesystem::{Filesystem, FsckReport, repair};
 use stripefs_layout::ondisk::{Record, Superblock, decode_checkpoint, encode_checkpoint};
 

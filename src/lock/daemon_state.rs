@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
-use stripefs_fs::DeviceSpec;
+use stripefs_engine::DeviceSpec;
 use stripefs_fs::control::proto::SOCKET_DIR;
 
 use super::RELEASE_GRACE;

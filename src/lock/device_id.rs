@@ -4,8 +4,8 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use stripefs_fs::DeviceSpec;
-use stripefs_fs::spec::Backing;
+use stripefs_engine::DeviceSpec;
+use stripefs_engine::spec::Backing;
 
 /// What identifies a device across processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -69,7 +69,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use stripefs_fs::DeviceSpec;
+use stripefs_engine::DeviceSpec;
 
 use daemon_state::Standing;
 pub use daemon_state::{DaemonState, Phase};

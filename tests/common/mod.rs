@@ -17,7 +17,7 @@ use std::sync::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use stripefs_fs::{DeviceQueue, DeviceSpec, Volume};
+use stripefs_engine::{DeviceQueue, DeviceSpec, Volume};
 
 pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;
@@ -441,12 +441,12 @@ pub fn tile(start: u64, end: u64, sizes: &[u64], shift: u64) -> Vec<Req> {
 pub fn run_async(
     volume: &Volume,
     mapping: &stripefs_mapping::Mapping,
-    op: stripefs_fs::Op,
+    op: stripefs_engine::Op,
     requests: &[Req],
     depth: usize,
-    mut done: impl FnMut(usize, Result<u64, stripefs_fs::Error>),
+    mut done: impl FnMut(usize, Result<u64, stripefs_engine::Error>),
 ) {
-    let mut ctx = stripefs_fs::IoContext::new(depth);
+    let mut ctx = stripefs_engine::IoContext::new(depth);
     let mut next = 0;
     let mut completed = 0;
     let mut max_in_flight = 0;
@@ -455,7 +455,7 @@ pub fn run_async(
             let r = requests[next];
             ctx.submit(
                 volume,
-                stripefs_fs::Request {
+                stripefs_engine::Request {
                     op,
                     mapping,
                     offset: r.offset,

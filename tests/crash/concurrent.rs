@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 
-use stripefs_fs::WriteEvent;
+use stripefs_engine::WriteEvent;
 use stripefs_fs::filesystem::{Caller, Filesystem, MkfsOptions, XattrFlags};
 
 use super::workload::{self, open_recorded};
@@ -57,7 +57,7 @@ pub fn run(dir: &Path, count: usize, size: u64) -> ConcurrentRun {
         .iter()
         .map(|s| std::fs::read(workload::backing(s)).expect("base image"))
         .collect();
-    let log = stripefs_fs::WriteLog::new();
+    let log = stripefs_engine::WriteLog::new();
     let fs = open_recorded(&specs, &log);
     let who = Caller::default();
     let threads: Vec<_> = (0..THREADS)
@@ -80,7 +80,7 @@ pub fn run(dir: &Path, count: usize, size: u64) -> ConcurrentRun {
     }
 }
 
-fn writer(fs: &Arc<Filesystem>, log: &stripefs_fs::WriteLog, t: u64, dir: u64) {
+fn writer(fs: &Arc<Filesystem>, log: &stripefs_engine::WriteLog, t: u64, dir: u64) {
     static BIG: [u8; 3000] = [0xC3; 3000];
     for i in 0..FILES {
         let ino = fs

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use stripefs_fs::WriteEvent;
+use stripefs_engine::WriteEvent;
 
 /// A write not yet flushed.
 #[derive(Clone, Debug)]

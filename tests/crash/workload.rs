@@ -7,10 +7,10 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 
+use stripefs_engine::{DeviceQueue, DeviceSpec, WriteLog};
 use stripefs_fs::filesystem::{
     Caller, Filesystem, LAYOUT_XATTR, MkfsOptions, RenameFlags, SetAttr, XattrFlags,
 };
-use stripefs_fs::{DeviceQueue, DeviceSpec, WriteLog};
 
 use super::model::{History, Kind, Model, Recovered, Shape, ShapeKind};
 
@@ -60,7 +60,7 @@ pub const MARK_DATASYNC: u64 = 2;
 
 /// A run of a workload: the recording, the base images and the model's history.
 pub struct Run {
-    pub events: Vec<stripefs_fs::WriteEvent>,
+    pub events: Vec<stripefs_engine::WriteEvent>,
     pub base: Vec<Vec<u8>>,
     pub history: History,
     /// Per `fdatasync` operation index: the node it made durable.
@@ -145,8 +145,8 @@ pub fn run(w: &Workload, dir: &Path, count: usize, size: u64) -> Run {
 pub fn backing(spec: &DeviceSpec) -> std::path::PathBuf {
     match spec {
         DeviceSpec::Emulated(e) => match &e.backing {
-            stripefs_fs::spec::Backing::File(p) => p.clone(),
-            stripefs_fs::spec::Backing::Memory => panic!("crash images need file backings"),
+            stripefs_engine::spec::Backing::File(p) => p.clone(),
+            stripefs_engine::spec::Backing::Memory => panic!("crash images need file backings"),
         },
         DeviceSpec::Path(p) => p.clone(),
     }
@@ -269,7 +269,7 @@ fn apply(fs: &Filesystem, model: &mut Model, op: &Op) {
 /// The bytes a write of `seed` puts at `offset..offset + len`.
 pub fn data(seed: u64, offset: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len.next_multiple_of(8)];
-    stripefs_fs::pattern::fill(seed, offset & !7, &mut v);
+    stripefs_engine::pattern::fill(seed, offset & !7, &mut v);
     let skew = (offset & 7) as usize;
     v.rotate_left(skew);
     v.truncate(len);

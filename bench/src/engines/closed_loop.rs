@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use stripefs_fs::{Completion, IoContext};
+use stripefs_engine::{Completion, IoContext};
 
 use super::Deadline;
 use crate::stats::{Detail, Histogram, Measurement, ThreadTimes, Usage};

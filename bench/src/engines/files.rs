@@ -21,10 +21,11 @@ use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
+use stripefs_engine::DeviceSpec;
 use stripefs_fs::control::{Server, ServerHandle, ServerOptions};
 use stripefs_fs::filesystem::{self, Caller, Filesystem, MkfsOptions};
+use stripefs_fs::meta;
 use stripefs_fs::mount::{Mount, MountOptions};
-use stripefs_fs::{DeviceSpec, meta};
 use stripefs_mapping::Buffer;
 
 use super::stripefs::BUSY_WAIT;
@@ -327,7 +328,7 @@ fn write_file(specs: &[DeviceSpec]) -> Result<(u64, u64)> {
     let chunk = FILL_CHUNK.min(limit).max(1 << 20).min(file_size);
     let buffer = Buffer::new(chunk).context("allocating the fill buffer")?;
     let mut block = vec![0u8; chunk as usize];
-    stripefs_fs::pattern::fill(attr.ino, 0, &mut block);
+    stripefs_engine::pattern::fill(attr.ino, 0, &mut block);
     buffer.write_at(0, &block).context("filling the buffer")?;
     let mapping = fs.register(attr.ino, &buffer).context("registering")?;
     let mut at = 0;

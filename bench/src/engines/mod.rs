@@ -203,7 +203,7 @@ pub(crate) fn buffer_area(depth: usize, bs: u64, registrations: usize) -> Result
 }
 
 /// Commands `devices` have run so far (reads, writes and failures).
-pub(crate) fn commands_run(devices: &[stripefs_fs::DeviceQueue]) -> u64 {
+pub(crate) fn commands_run(devices: &[stripefs_engine::DeviceQueue]) -> u64 {
     devices
         .iter()
         .map(|d| {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use stripefs_fs::{DeviceQueue, DeviceSpec, Op, QueueOptions, Request, Volume};
+use stripefs_engine::{DeviceQueue, DeviceSpec, Op, QueueOptions, Request, Volume};
 use stripefs_layout::StripeUnit;
 
 use super::closed_loop::{self, Collect};

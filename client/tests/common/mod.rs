@@ -14,10 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stripefs_engine::{DeviceSpec, pattern};
 use stripefs_fs::control::{Server, ServerHandle};
 use stripefs_fs::filesystem::{self, Filesystem, MkfsOptions};
 use stripefs_fs::mount::{Mount, MountOptions};
-use stripefs_fs::{DeviceSpec, pattern};
 
 /// The workspace's checks of what a test needs from the machine.
 #[path = "../../../tests/common/require.rs"]

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, RwLock};
+use stripefs_engine::{Completion, IoContext};
 use stripefs_mapping::{Buffer, Mapping, MappingError, Memory};
 
 use super::proto::{
@@ -18,7 +19,6 @@ use super::proto::{
 use super::ring::{Cqe, Layout, NEED_WAKEUP, OP_READ, OP_WRITE, RingView, Sqe, WAITING};
 use super::server::ServerShared;
 use super::sys::{self, PeerCred};
-use crate::engine::{Completion, IoContext};
 use crate::filesystem::{BLOCK_SIZE, FileRead, FsError};
 
 /// Ring size when the client does not ask.

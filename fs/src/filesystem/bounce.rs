@@ -5,11 +5,9 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use stripefs_engine::plan::{self as engine, Piece};
+use stripefs_engine::{DeviceQueue, Error, Op};
 use stripefs_mapping::{Buffer, Importer, Mapping};
-
-use crate::device::{DeviceQueue, Piece};
-use crate::engine;
-use crate::error::{Error, Op};
 
 /// Bytes of one bounce buffer: the largest FUSE request plus a block at each end.
 pub(crate) const BOUNCE_SIZE: u64 = (1 << 20) + 2 * 65536;

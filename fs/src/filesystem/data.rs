@@ -1,6 +1,8 @@
 //! The file data path: resolving file ranges through the layout and the extents, the POSIX
 //! read/write/truncate path through bounce buffers, and registered I/O against files.
 
+use stripefs_engine::plan::{self as engine, FanOut, Merged, Piece, Urgent};
+use stripefs_engine::{Error, IoContext, Op};
 use stripefs_layout::FileOffset;
 use stripefs_layout::ondisk::{InodeKind, Record};
 use stripefs_mapping::{Buffer, Mapping};
@@ -9,12 +11,8 @@ use super::bounce::BOUNCE_SIZE;
 use super::error::FsError;
 use super::format::{BLOCK_SIZE, stripe_layout};
 use super::{Filesystem, now};
-use crate::device::{Piece, Urgent};
-use crate::engine::{self, FanOut, IoContext};
-use crate::error::{Error, Op};
 use crate::meta::Metadata;
 use crate::meta::extents::{self, Extent};
-use crate::volume::Merged;
 
 /// Largest file: offsets stay far from u64 overflow in every computation.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use stripefs_engine::Error;
 use stripefs_layout::ondisk::OnDiskError;
 
-use crate::error::Error;
 use crate::meta::MetaError;
 use crate::meta::alloc::AllocError;
 

@@ -3,13 +3,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use stripefs_engine::DeviceQueue;
 use stripefs_layout::ondisk::{InodeKind, LayoutRecord, Record, SUPERBLOCK_SIZE, Superblock};
 use stripefs_layout::{StripeLayout, StripeUnit};
 
 use super::bounce::{BouncePool, read_device, write_device};
 use super::error::FsError;
 use super::journal::{self, Journal};
-use crate::device::DeviceQueue;
 use crate::meta::{self, ROOT};
 
 /// Filesystem block size: allocation unit and alignment of the data path.

@@ -3,13 +3,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use stripefs_engine::DeviceQueue;
 use stripefs_layout::ondisk::{InodeKind, Record};
 
 use super::bounce::BouncePool;
 use super::error::FsError;
 use super::format::{self, BLOCK_SIZE, stripe_layout};
 use super::journal::{self, Journal};
-use crate::device::DeviceQueue;
 use crate::meta::alloc::Allocator;
 use crate::meta::{self, Metadata, ROOT};
 

@@ -5,13 +5,13 @@
 //! numbers 1, 2, 3… Mount takes the newest valid checkpoint and replays its log up to the first
 //! entry that is missing or torn; a commit that did not finish is simply not there.
 
+use stripefs_engine::DeviceQueue;
 use stripefs_layout::ondisk::{
     self, CHECKPOINT_HEADER_LEN, CheckpointHeader, LOG_BLOCK, Record, Superblock,
 };
 
 use super::bounce::{BouncePool, read_device, write_device};
 use super::error::FsError;
-use crate::device::DeviceQueue;
 
 /// Where the areas of one replica are.
 #[derive(Clone, Copy, Debug)]

@@ -28,13 +28,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
+use stripefs_engine::{DeviceQueue, DeviceSpec};
 use stripefs_layout::ondisk::{Record, Superblock, Timestamp};
 use stripefs_mapping::Mapping;
 
-use crate::device::DeviceQueue;
 use crate::meta::alloc::Allocator;
 use crate::meta::{self, Metadata, ROOT};
-use crate::spec::DeviceSpec;
 
 pub use error::FsError;
 pub use format::{BLOCK_SIZE, MkfsOptions, hex};

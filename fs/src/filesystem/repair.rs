@@ -12,6 +12,7 @@
 //! claimed by two files, layouts naming devices the filesystem does not have, directories
 //! cut off from the root or with two parents — deciding which side is right would be a guess.
 
+use stripefs_engine::DeviceQueue;
 use stripefs_layout::ondisk::Record;
 
 use super::bounce::BouncePool;
@@ -19,7 +20,6 @@ use super::error::FsError;
 use super::format::{self, BLOCK_SIZE, stripe_layout};
 use super::fsck::{self, FsckReport};
 use super::journal::{self, Journal};
-use crate::device::DeviceQueue;
 use crate::meta::{Metadata, freed_all};
 
 /// What `repair` did.

@@ -2,12 +2,12 @@
 
 use std::os::unix::ffi::OsStrExt;
 
+use stripefs_engine::spec::parse_size;
 use stripefs_layout::StripeUnit;
 use stripefs_layout::ondisk::{InodeKind, LayoutRecord, Record};
 
 use super::error::FsError;
 use super::{Filesystem, NAME_MAX, now};
-use crate::spec::parse_size;
 
 /// The name under which a file's (or directory's default) layout is shown and set.
 pub const LAYOUT_XATTR: &str = "user.stripefs.layout";

@@ -7,8 +7,8 @@
 use std::ffi::OsStr;
 use std::path::PathBuf;
 
+use stripefs_engine::{DeviceQueue, DeviceSpec, pattern};
 use stripefs_fs::filesystem::{self, Caller, FsckReport, MkfsOptions};
-use stripefs_fs::{DeviceQueue, DeviceSpec, pattern};
 
 pub const ROOT: u64 = 1;
 pub const ME: Caller = Caller { uid: 0, gid: 0 };

@@ -1,5 +1,5 @@
-//! Registered requests: the per-request state shared with the device reapers, and the I/O
-//! context through which a thread submits many requests and collects their completions.
+//! I/O contexts: the window through which a thread submits many requests and collects their
+//! completions, and the fan-out that issues a request's device commands.
 //!
 //! Request slots are allocated once per context and reused, so a request costs no allocation:
 //! submission clones `Arc`s and takes per-device and per-context locks only.
@@ -7,30 +7,20 @@
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use parking_lot::Mutex;
 use stripefs_mapping::{MapGuard, Mapping};
 
-use crate::device::notify::{self, EventFd};
 use crate::device::{DeviceQueue, DeviceShared, Piece};
 use crate::error::{Error, Op};
-use crate::volume::Volume;
-
-/// One registered I/O: read or write `len` bytes at `offset` of the target, into or out of
-/// the mapping's buffer at `buffer_offset`. `tag` comes back in the completion.
-#[derive(Clone, Copy, Debug)]
-pub struct Request<'a> {
-    pub op: Op,
-    pub mapping: &'a Mapping,
-    pub offset: u64,
-    pub buffer_offset: u64,
-    pub len: u64,
-    pub tag: u64,
-}
+use crate::notify;
+use crate::request::{Completion, ContextShared, FileHold, RequestSlot};
 
 /// Issues the device commands of one request: each device gets its pieces as one batch.
-pub(crate) struct FanOut<'a> {
+///
+/// For a layer that resolves its own ranges into device pieces (the filesystem): it is
+/// handed one by [`IoContext::submit_with`] or [`run_plan`].
+pub struct FanOut<'a> {
     op: Op,
     guard: &'a MapGuard,
     slot: &'a Arc<RequestSlot>,
@@ -39,7 +29,7 @@ pub(crate) struct FanOut<'a> {
 
 impl FanOut<'_> {
     /// Queues `pieces` on `device`, through the mapping's attachment number `attachment`.
-    pub(crate) fn device(
+    pub fn device(
         &mut self,
         attachment: usize,
         device: &DeviceQueue,
@@ -65,110 +55,15 @@ impl FanOut<'_> {
     }
 
     /// Fills a buffer range with zeros (a hole read).
-    pub(crate) fn zero(&mut self, buffer_offset: u64, len: u64) {
+    pub fn zero(&mut self, buffer_offset: u64, len: u64) {
         if let Err(e) = self.guard.memory().fill(buffer_offset, len, 0) {
             self.fail(e.into());
         }
     }
 
     /// Fails the request (its other commands still run to completion).
-    pub(crate) fn fail(&mut self, error: Error) {
+    pub fn fail(&mut self, error: Error) {
         self.slot.fail(error);
-    }
-}
-
-/// The outcome of one request: the bytes transferred, or the first error of any of its
-/// device commands (naming the device and range).
-#[derive(Debug)]
-pub struct Completion {
-    pub tag: u64,
-    pub result: Result<u64, Error>,
-}
-
-/// A file's data lock, held shared by a file read in flight (so that a truncate or a
-/// write cannot move the blocks it reads) and let go when the read completes.
-pub(crate) type FileHold = parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, ()>;
-
-/// The part of an I/O context that other threads reach: finished requests, and the
-/// doorbell of its thread.
-pub(crate) struct ContextShared {
-    done: Mutex<Vec<u32>>,
-    /// Set while the context's owner is blocked; a finisher then rings `wake`.
-    waiting: AtomicBool,
-    wake: EventFd,
-}
-
-impl ContextShared {
-    /// Wakes the context's thread if it sleeps (or makes its next sleep return at once).
-    pub(crate) fn wake(&self) {
-        self.wake.signal();
-    }
-}
-
-/// A request in flight, shared between the submitter and the device reapers.
-pub(crate) struct RequestSlot {
-    index: u32,
-    ctx: Arc<ContextShared>,
-    /// Device commands outstanding, plus one held by the submitter until all are queued.
-    remaining: AtomicU32,
-    error: Mutex<Option<Error>>,
-    guard: Mutex<Option<MapGuard>>,
-    /// For file requests: the file's data lock, held until the request completes.
-    hold: Mutex<Option<FileHold>>,
-    len: AtomicU64,
-    tag: AtomicU64,
-}
-
-impl RequestSlot {
-    fn begin(&self, tag: u64, len: u64) {
-        self.remaining.store(1, Ordering::Relaxed);
-        *self.error.lock() = None;
-        self.len.store(len, Ordering::Relaxed);
-        self.tag.store(tag, Ordering::Relaxed);
-    }
-
-    /// Counts `n` more device commands.
-    pub(crate) fn add_parts(&self, n: u32) {
-        self.remaining.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Records a failure (the first one is kept).
-    pub(crate) fn fail(&self, error: Error) {
-        let mut slot = self.error.lock();
-        if slot.is_none() {
-            *slot = Some(error);
-        }
-    }
-
-    /// One device command finished.
-    pub(crate) fn complete_part(&self, result: Result<u64, Error>) {
-        if let Err(e) = result {
-            self.fail(e);
-        }
-        self.release();
-    }
-
-    fn release(&self) {
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // Unpin the mapping first: a migration waiting for this request may go on.
-            drop(self.guard.lock().take());
-            drop(self.hold.lock().take());
-            self.ctx.done.lock().push(self.index);
-            if self.ctx.waiting.load(Ordering::SeqCst) {
-                self.ctx.wake.signal();
-            }
-        }
-    }
-
-    fn take_completion(&self) -> Completion {
-        let result = match self.error.lock().take() {
-            Some(e) => Err(e),
-            None => Ok(self.len.load(Ordering::Relaxed)),
-        };
-        Completion {
-            tag: self.tag.load(Ordering::Relaxed),
-            result,
-        }
     }
 }
 
@@ -202,24 +97,9 @@ impl IoContext {
     /// A context with room for `depth` requests in flight (at least 1).
     pub fn try_new(depth: usize) -> Result<Self, std::io::Error> {
         let depth = depth.clamp(1, u32::MAX as usize);
-        let shared = Arc::new(ContextShared {
-            done: Mutex::new(Vec::with_capacity(depth)),
-            waiting: AtomicBool::new(false),
-            wake: EventFd::new()?,
-        });
+        let shared = Arc::new(ContextShared::new(depth)?);
         let slots = (0..depth as u32)
-            .map(|index| {
-                Arc::new(RequestSlot {
-                    index,
-                    ctx: shared.clone(),
-                    remaining: AtomicU32::new(0),
-                    error: Mutex::new(None),
-                    guard: Mutex::new(None),
-                    hold: Mutex::new(None),
-                    len: AtomicU64::new(0),
-                    tag: AtomicU64::new(0),
-                })
-            })
+            .map(|index| Arc::new(RequestSlot::new(index, shared.clone())))
             .collect();
         Ok(IoContext {
             slots,
@@ -242,22 +122,10 @@ impl IoContext {
         self.slots.len() - self.free.len()
     }
 
-    /// Starts a request on a volume. Invalid requests are refused here and touch nothing.
-    pub fn submit(&mut self, volume: &Volume, request: Request<'_>) -> Result<(), Error> {
-        volume.validate(&request)?;
-        self.submit_with(
-            request.mapping,
-            request.op,
-            request.tag,
-            request.len,
-            None,
-            |fan| volume.plan(&request, fan),
-        )
-    }
-
     /// Starts a validated request whose device commands `plan` issues through a [`FanOut`].
     /// `len` is what the completion reports on success; `hold` is let go when it completes.
-    pub(crate) fn submit_with(
+    /// For the filesystem layer, which plans file ranges itself; volumes use `submit`.
+    pub fn submit_with(
         &mut self,
         mapping: &Mapping,
         op: Op,
@@ -498,17 +366,10 @@ thread_local! {
     static BLOCKING: RefCell<Option<IoContext>> = const { RefCell::new(None) };
 }
 
-/// Runs one request to completion on this thread's private context.
-pub(crate) fn run_blocking(volume: &Volume, request: Request<'_>) -> Result<u64, Error> {
-    volume.validate(&request)?;
-    run_plan(request.mapping, request.op, request.len, |fan| {
-        volume.plan(&request, fan)
-    })
-}
-
 /// Runs one validated request, whose device commands `plan` issues, to completion on this
 /// thread's private context (a fresh one if that context is busy further up the stack).
-pub(crate) fn run_plan(
+/// For the filesystem layer, and for the blocking calls of volumes.
+pub fn run_plan(
     mapping: &Mapping,
     op: Op,
     len: u64,

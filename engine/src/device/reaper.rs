@@ -10,8 +10,9 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{DeviceShared, InFlight, notify, ring};
+use super::{DeviceShared, InFlight, ring};
 use crate::error::{Error, Op};
+use crate::notify;
 
 /// How often the reaper looks while I/O contexts drain for it: a safety net for a context
 /// whose thread does not wait (its completions are not lost, only collected late).

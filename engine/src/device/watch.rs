@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::engine::ContextShared;
+use crate::request::ContextShared;
 
 #[derive(Default)]
 pub(crate) struct Watch {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use stripefs_fs::{DeviceQueue, DeviceSpec, IoContext, Op, Request, Volume, pattern};
+use stripefs_engine::{DeviceQueue, DeviceSpec, IoContext, Op, Request, Volume, pattern};
 use stripefs_layout::StripeUnit;
 use stripefs_mapping::Buffer;
 

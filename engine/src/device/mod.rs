@@ -14,7 +14,6 @@
 
 mod emulation;
 mod image;
-pub(crate) mod notify;
 mod observe;
 mod probe;
 mod reaper;
@@ -33,8 +32,9 @@ use io_uring::IoUring;
 use parking_lot::{Condvar, Mutex};
 use stripefs_mapping::{Attachment, ImportError, ImportToken, Importer, Memory};
 
-use crate::engine::RequestSlot;
 use crate::error::{Error, Op};
+use crate::notify;
+use crate::request::RequestSlot;
 use crate::spec::{Backing, DeviceSpec, EmulatedSpec};
 
 pub use emulation::{Faults, TimingModel};
@@ -80,9 +80,9 @@ struct Counters {
 }
 
 /// One piece of a request for one device: a contiguous device range and where it goes in
-/// the buffer.
+/// the buffer. Public for the filesystem layer, which plans file ranges into pieces itself.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Piece {
+pub struct Piece {
     pub device_offset: u64,
     pub len: u64,
     pub buffer_offset: u64,
@@ -404,10 +404,12 @@ impl DeviceQueue {
 
 /// While it lives, the devices' reapers drain at once instead of standing by: for a thread
 /// about to block on something that completions it would otherwise collect itself must free.
-pub(crate) struct Urgent<'a>(&'a [DeviceQueue]);
+/// Public for the filesystem layer (a file read that waits for a writer).
+pub struct Urgent<'a>(&'a [DeviceQueue]);
 
 impl<'a> Urgent<'a> {
-    pub(crate) fn new(devices: &'a [DeviceQueue]) -> Self {
+    /// Makes the reapers of `devices` drain at once until the guard is dropped.
+    pub fn new(devices: &'a [DeviceQueue]) -> Self {
         for d in devices {
             d.shared.begin_urgent();
         }

@@ -1,12 +1,15 @@
 //! Volumes: a raw device, or several devices striped with a layout. Both register buffers
-//! the same way and return the same [`Mapping`].
+//! the same way and return the same [`Mapping`]. A volume resolves a [`Request`] into device
+//! pieces and hands them to an I/O context's fan-out ([`IoContext::submit`], and the blocking
+//! calls through this thread's private context).
 
 use stripefs_layout::{DeviceIndex, FileOffset, StripeLayout, StripeUnit};
 use stripefs_mapping::{Buffer, Mapping};
 
+use crate::context::{self, FanOut, IoContext};
 use crate::device::{DeviceQueue, Piece};
-use crate::engine::{self, FanOut, Request};
 use crate::error::{Error, Op};
+use crate::request::Request;
 
 /// A registered-I/O target made of devices: `offset` in a request is an offset in the
 /// volume, which the layout resolves into per-device ranges.
@@ -129,7 +132,7 @@ impl Volume {
         buffer_offset: u64,
         len: u64,
     ) -> Result<u64, Error> {
-        engine::run_blocking(
+        run_blocking(
             self,
             Request {
                 op,
@@ -155,7 +158,7 @@ impl Volume {
 
     /// Refuses a request that is empty, misaligned, outside the buffer or the volume, or
     /// made with another target's mapping.
-    pub(crate) fn validate(&self, r: &Request<'_>) -> Result<(), Error> {
+    fn validate(&self, r: &Request<'_>) -> Result<(), Error> {
         self.check_owner(r.mapping)?;
         if r.len == 0 {
             return Err(Error::ZeroLength);
@@ -198,7 +201,7 @@ impl Volume {
     }
 
     /// Resolves a validated request into per-device pieces, one batch per device.
-    pub(crate) fn plan(&self, r: &Request<'_>, fan: &mut FanOut<'_>) {
+    fn plan(&self, r: &Request<'_>, fan: &mut FanOut<'_>) {
         for (column, device) in self.devices.iter().enumerate() {
             let Ok(segments) = self.layout.segments(FileOffset(r.offset), r.len) else {
                 return; // validated: cannot overflow
@@ -214,14 +217,15 @@ impl Volume {
 }
 
 /// Joins pieces that are contiguous both on the device and in the buffer (with one column,
-/// a range cut at unit boundaries becomes one piece again).
-pub(crate) struct Merged<I> {
+/// a range cut at unit boundaries becomes one piece again). Public for the filesystem
+/// layer, which merges the pieces of file ranges the same way.
+pub struct Merged<I> {
     next: Option<Piece>,
     rest: I,
 }
 
 impl<I: Iterator<Item = Piece>> Merged<I> {
-    pub(crate) fn new(mut pieces: I) -> Self {
+    pub fn new(mut pieces: I) -> Self {
         Merged {
             next: pieces.next(),
             rest: pieces,
@@ -246,6 +250,29 @@ impl<I: Iterator<Item = Piece>> Iterator for Merged<I> {
         }
         Some(current)
     }
+}
+
+impl IoContext {
+    /// Starts a request on a volume. Invalid requests are refused here and touch nothing.
+    pub fn submit(&mut self, volume: &Volume, request: Request<'_>) -> Result<(), Error> {
+        volume.validate(&request)?;
+        self.submit_with(
+            request.mapping,
+            request.op,
+            request.tag,
+            request.len,
+            None,
+            |fan| volume.plan(&request, fan),
+        )
+    }
+}
+
+/// Runs one request to completion on this thread's private context.
+fn run_blocking(volume: &Volume, request: Request<'_>) -> Result<u64, Error> {
+    volume.validate(&request)?;
+    context::run_plan(request.mapping, request.op, request.len, |fan| {
+        volume.plan(&request, fan)
+    })
 }
 
 fn next_volume_id() -> u64 {

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use stripefs_fs::spec::{DeviceSpec, SpecError};
-use stripefs_fs::{
+use stripefs_engine::spec::{DeviceSpec, SpecError};
+use stripefs_engine::{
     DeviceQueue, Error, IoContext, Op, PowerCut, PowerCutReport, QueueOptions, Request, Volume,
     WriteEvent, WriteLog,
 };

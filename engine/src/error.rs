@@ -24,7 +24,7 @@ impl std::fmt::Display for Op {
     }
 }
 
-/// Errors of the `fs` crate.
+/// Errors of the engine: devices, volumes and registered I/O.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open device {path}: {source}")]

@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use stripefs_fs::{Completion, DeviceQueue, IoContext, Op, QueueOptions, Request, Volume};
+use stripefs_engine::{Completion, DeviceQueue, IoContext, Op, QueueOptions, Request, Volume};
 use stripefs_layout::StripeUnit;
 use stripefs_mapping::Buffer;
 
