@@ -66,7 +66,9 @@ pub(crate) struct Loaded {
     pub journal: Journal,
     pub records: Vec<Record>,
     pub log_entries: u64,
-    /// Newer or other checkpoints that were passed over, and why (for fsck).
+    /// Checkpoints with a whole header that did not load (a newer one torn by a crash, or
+    /// one replica's copy of this one), and why (for fsck). Slots never written are not
+    /// listed.
     pub skipped: Vec<String>,
 }
 
@@ -100,6 +102,8 @@ impl Journal {
     ) -> Result<Loaded, FsError> {
         let mut candidates = Vec::new();
         let mut problems = Vec::new();
+        // Whole headers whose checkpoint did not load: torn by a crash (or damaged).
+        let mut passed_over = Vec::new();
         for area in &areas {
             for slot in 0..2u64 {
                 match read_header(devices, pool, area, area.offset + slot * area.slot_len()) {
@@ -136,11 +140,14 @@ impl Journal {
                                 },
                                 records,
                                 log_entries: entries,
-                                skipped: problems.clone(),
+                                skipped: passed_over.clone(),
                             });
                         }
                     }
-                    Err(e) => problems.push(e.to_string()),
+                    Err(e) => {
+                        passed_over.push(e.to_string());
+                        problems.push(e.to_string());
+                    }
                 }
             }
             if let Some(loaded) = best_load {
