@@ -21,12 +21,20 @@ pub struct MountOpts {
     pub log: Option<PathBuf>,
 }
 
-/// Options that mount(8) passes along or that carry nothing for stripefs: accepted and
-/// ignored (`x-…`/`X-…` are for other programs, such as systemd).
+/// Options that mount(8) passes along, that carry nothing for stripefs, or that say what a
+/// stripefs mount always is (nosuid, nodev, noatime): accepted and ignored (`x-…`/`X-…` are
+/// for other programs, such as systemd).
 fn ignored(name: &str) -> bool {
     matches!(
         name,
-        "rw" | "defaults" | "auto" | "noauto" | "nofail" | "_netdev"
+        "rw" | "defaults"
+            | "auto"
+            | "noauto"
+            | "nofail"
+            | "_netdev"
+            | "nosuid"
+            | "nodev"
+            | "noatime"
     ) || name.starts_with("x-")
         || name.starts_with("X-")
 }
@@ -126,12 +134,12 @@ mod tests {
 
     #[test]
     fn unknown_options_are_named_unless_sloppy() {
-        let text = parse(&lists(&["rw,noatime,frob=1"]), false)
+        let text = parse(&lists(&["rw,noatime,ro,frob=1"]), false)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(text.contains("noatime, frob=1"), "{text}");
-        assert!(parse(&lists(&["noatime"]), true).is_ok());
+        assert!(text.contains(": ro, frob=1 ("), "{text}");
+        assert!(parse(&lists(&["ro"]), true).is_ok());
     }
 
     #[test]
