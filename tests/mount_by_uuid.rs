@@ -70,7 +70,7 @@ fn uuid_of(device: &Path) -> String {
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
         .nth(2)
-        .filter(|u| u.len() == 32)
+        .filter(|u| u.len() == 32 && u.bytes().all(|b| b.is_ascii_hexdigit()))
         .unwrap_or_else(|| panic!("no uuid in `stripefs probe` output: {text}"))
         .to_string()
 }
@@ -92,7 +92,7 @@ fn mount_and_fsck_by_uuid_and_by_one_member() {
     let probe = stdout(&stripefs(&["probe"]));
     assert!(
         probe.contains(&format!(
-            "stripefs uuid {} label \"by-uuid\": 3 devices, complete",
+            "stripefs uuid {} label \"by-uuid\" (3 devices, complete)",
             fx.uuid
         )),
         "probe of every block device: {probe}"
@@ -155,7 +155,7 @@ fn a_missing_member_is_named_and_files_complete_the_set() {
     let probe = stdout(&stripefs(&["probe"]));
     assert!(
         probe.contains(&format!(
-            "{} label \"missing\": 3 devices, missing member 2",
+            "{} label \"missing\" (3 devices, missing member 2)",
             fx.uuid
         )),
         "{probe}"
@@ -480,7 +480,7 @@ fn mkfs_refuses_ext4_and_stripefs_without_force() {
     let probe = stdout(&stripefs(&["probe", e, s]));
     assert!(
         probe.contains(&format!(
-            "stripefs uuid {new_uuid} label \"new\": 2 devices, complete"
+            "stripefs uuid {new_uuid} label \"new\" (2 devices, complete)"
         )),
         "{probe}"
     );

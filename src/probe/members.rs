@@ -146,8 +146,8 @@ impl FoundFs {
 }
 
 impl fmt::Display for FoundFs {
-    /// `stripefs UUID "label": N devices, complete` (or `missing member 2`), then a line per
-    /// member.
+    /// `stripefs uuid UUID label "label" (N devices, complete)` (or `missing member 2`), then
+    /// a line per member.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let missing = self.missing();
         let state = if missing.is_empty() {
@@ -162,7 +162,7 @@ impl fmt::Display for FoundFs {
         };
         writeln!(
             f,
-            "stripefs uuid {}{label}: {} devices, {state}",
+            "stripefs uuid {}{label} ({} devices, {state})",
             hex(&self.uuid),
             self.count
         )?;
