@@ -8,9 +8,14 @@ use stripefs_fs::filesystem::{self, FsckReport, RepairReport};
 /// Arguments of `stripefs fsck`.
 #[derive(Debug, clap::Args)]
 pub struct FsckArgs {
-    /// The filesystem's devices, in mkfs order (paths or emu: specs).
+    /// The filesystem's devices, in mkfs order (paths or emu: specs), or `UUID=…`, or any
+    /// one member device (the others are found).
     #[arg(required = true)]
     pub devices: Vec<String>,
+    /// Another place to look for members (an image file, say) when the filesystem is named
+    /// by `UUID=…` or by one member; repeatable.
+    #[arg(long = "device", value_name = "PATH")]
+    pub extra_devices: Vec<std::path::PathBuf>,
     /// Repair what can be repaired safely (a torn checkpoint with a whole older one,
     /// orphans and their space, extents past the end of a file, entries naming missing
     /// inodes), saying what was done; refuse, writing nothing, what cannot.
@@ -20,8 +25,8 @@ pub struct FsckArgs {
 
 /// Runs fsck; returns whether the filesystem is clean (the caller exits 1 if not).
 pub fn run(args: &FsckArgs) -> Result<bool> {
-    let specs = args
-        .devices
+    let devices = crate::probe::resolve(&args.devices, &args.extra_devices)?;
+    let specs = devices
         .iter()
         .map(|s| {
             s.parse::<DeviceSpec>()

@@ -3,9 +3,12 @@
 mod control_cli;
 mod demo;
 mod fsck_cli;
+mod helper;
 mod lock;
 mod mkfs;
 mod mount;
+mod mount_options;
+mod probe;
 mod umount;
 
 use clap::{Parser, Subcommand};
@@ -29,8 +32,11 @@ enum Command {
     /// Write a new, empty filesystem over devices (paths or emu: specs), in this order.
     Mkfs(mkfs::MkfsArgs),
     /// Serve a filesystem with FUSE on MOUNTPOINT until it is unmounted (`umount
-    /// MOUNTPOINT`) or interrupted; in the foreground unless --daemon.
-    #[command(override_usage = "stripefs mount [OPTIONS] DEV... MOUNTPOINT")]
+    /// MOUNTPOINT`) or interrupted; in the foreground unless --daemon. The filesystem is
+    /// named by its devices in order, by `UUID=…`, or by any one member.
+    #[command(
+        override_usage = "stripefs mount [OPTIONS] DEV... MOUNTPOINT\n       stripefs mount [OPTIONS] UUID=UUID|MEMBER MOUNTPOINT"
+    )]
     Mount(mount::MountArgs),
     /// Unmount and wait until the daemon has written its checkpoint and exited.
     Umount(umount::UmountArgs),
@@ -38,6 +44,10 @@ enum Command {
     /// daemon that is finishing an unmount of it); exits 1 if anything is wrong. With
     /// --repair, repair what can be repaired safely and refuse the rest.
     Fsck(fsck_cli::FsckArgs),
+    /// List the stripefs filesystems on DEVs (default: every block device), with their
+    /// members, label, uuid and state (complete, or which member is missing), and what
+    /// other DEVs hold.
+    Probe(probe::ProbeArgs),
     /// Write files to standard output; with --registered, read them through a buffer
     /// registered with the mount daemon (registered I/O from this process).
     Cat(control_cli::CatArgs),
@@ -49,12 +59,21 @@ enum Command {
 }
 
 fn main() {
+    if helper::invoked_as_helper() {
+        if let Err(e) = helper::run() {
+            eprintln!("{}: {}", helper::NAME, report(&e));
+            // mount(8): 32 is "mount failure".
+            std::process::exit(32);
+        }
+        return;
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Mkfs(args) => mkfs::run(args),
         Command::Mount(args) => mount::run(args),
         Command::Umount(args) => umount::run(args),
+        Command::Probe(args) => probe::run(args),
         Command::Bench(args) => stripefs_bench::run(args),
         Command::Cat(args) => control_cli::cat(args),
         Command::Stat(args) => control_cli::stat(args),

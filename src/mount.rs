@@ -37,7 +37,7 @@ use crate::lock::{DaemonState, DeviceLocks, Phase, lock_devices};
 use crate::mkfs::parse_specs;
 
 /// Settings of the mount command.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct MountArgs {
     /// Detach into the background once the mount is ready.
     #[arg(long)]
@@ -48,12 +48,41 @@ pub struct MountArgs {
     /// Commit metadata changes to the log at least this often (fsync commits at once).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub commit_interval: Duration,
+    /// Let every user in (the default as root).
+    #[arg(long)]
+    pub allow_other: bool,
     /// With --daemon: append the daemon's messages to this file (default: discarded).
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
-    /// The devices in their mkfs order (paths or emu: specs), then the mountpoint.
+    /// Another place to look for members (an image file, say) when the filesystem is named
+    /// by `UUID=…` or by one member; repeatable.
+    #[arg(long = "device", value_name = "PATH")]
+    pub extra_devices: Vec<PathBuf>,
+    /// Mount options, comma-separated: threads=N, commit=SECONDS, allow_other, device=PATH,
+    /// log=FILE (as in fstab); repeatable. They override the flags.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Warn about unknown mount options instead of refusing them (mount's -s).
+    #[arg(skip)]
+    pub sloppy: bool,
+    /// The filesystem: its devices in their mkfs order (paths or emu: specs), or `UUID=…`,
+    /// or any one member device (the others are found); then the mountpoint.
     #[arg(required = true, num_args = 2.., value_name = "PATH")]
     pub paths: Vec<String>,
+}
+
+impl MountArgs {
+    /// These arguments with the `-o` options applied over the flags.
+    fn with_options(&self) -> Result<MountArgs> {
+        let opts = crate::mount_options::parse(&self.options, self.sloppy)?;
+        let mut args = self.clone();
+        args.threads = opts.threads.unwrap_or(args.threads);
+        args.commit_interval = opts.commit.unwrap_or(args.commit_interval);
+        args.log = opts.log.or(args.log);
+        args.extra_devices.extend(opts.devices);
+        args.allow_other |= opts.allow_other;
+        Ok(args)
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -71,9 +100,11 @@ enum Event {
 const SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 pub fn run(args: &MountArgs) -> Result<()> {
-    let Some((mountpoint, devices)) = args.paths.split_last() else {
+    let args = &args.with_options()?;
+    let Some((mountpoint, sources)) = args.paths.split_last() else {
         bail!("give the devices, then the mountpoint");
     };
+    let devices = &crate::probe::resolve(sources, &args.extra_devices)?;
     let specs = parse_specs(devices)?;
     let mountpoint = Path::new(mountpoint)
         .canonicalize()
@@ -86,7 +117,7 @@ pub fn run(args: &MountArgs) -> Result<()> {
     }
     let options = MountOptions {
         threads: args.threads,
-        allow_other: is_root(),
+        allow_other: is_root() || args.allow_other,
         fsname: "stripefs".into(),
     };
     // The locks on file devices are held for as long as the filesystem is served. Taking

@@ -21,8 +21,8 @@ pub enum Requirement {
     Loop,
     /// FUSE mounts with mount(2): root and `/dev/fuse` (`STRIPEFS_REQUIRE_FUSE`).
     Fuse,
-    /// A command the test runs, one of those `.ci/run` installs: `cc`, `setpriv`
-    /// (`STRIPEFS_REQUIRE_TOOLS`).
+    /// A command the test runs, one of those `.ci/run` installs: `cc`, `setpriv`,
+    /// `mkfs.ext4` (`STRIPEFS_REQUIRE_TOOLS`).
     Tool(&'static str),
     /// `/dev/udmabuf` (`STRIPEFS_REQUIRE_UDMABUF`; optional, CI does not set it).
     Udmabuf,
@@ -84,9 +84,13 @@ impl Requirement {
             }
             Requirement::Fuse => (!Path::new("/dev/fuse").exists())
                 .then(|| "no /dev/fuse (fuse module not loaded)".into()),
-            Requirement::Tool(tool) => match Command::new(tool).arg("--version").output() {
+            Requirement::Tool(tool) => match Command::new(tool).arg(version_flag(tool)).output() {
                 Ok(out) if out.status.success() => None,
-                Ok(out) => Some(format!("`{tool} --version` failed ({})", out.status)),
+                Ok(out) => Some(format!(
+                    "`{tool} {}` failed ({})",
+                    version_flag(tool),
+                    out.status
+                )),
                 Err(e) => Some(format!("{tool} not runnable: {e}")),
             },
             Requirement::Udmabuf => (!Path::new("/dev/udmabuf").exists())
@@ -109,6 +113,15 @@ impl Requirement {
         let reason = self.why_missing()?;
         enforce(&[self], &reason);
         Some(reason)
+    }
+}
+
+/// How `tool` is asked for its version (e2fsprogs' tools take `-V`, not `--version`).
+fn version_flag(tool: &str) -> &'static str {
+    if tool.starts_with("mkfs.ext") {
+        "-V"
+    } else {
+        "--version"
     }
 }
 

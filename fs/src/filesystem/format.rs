@@ -43,6 +43,23 @@ impl Default for MkfsOptions {
 
 /// Writes a new, empty filesystem over `devices` (their contents are lost).
 pub fn mkfs(devices: &[DeviceQueue], options: &MkfsOptions) -> Result<Vec<Superblock>, FsError> {
+    let superblocks = plan(devices, options)?;
+    let pool = BouncePool::new(u64::MAX, devices);
+    let areas = journal::areas(&superblocks);
+    for area in &areas {
+        zero(devices, &pool, area.device, area.offset, area.len)?;
+    }
+    let mut journal = Journal::fresh(areas);
+    journal.checkpoint(devices, &pool, &[root_record()])?;
+    for (i, sb) in superblocks.iter().enumerate() {
+        write_device(devices, &pool, i, 0, &sb.encode())?;
+        devices[i].sync()?;
+    }
+    Ok(superblocks)
+}
+
+/// The superblocks [`mkfs`] would write over `devices` (a new uuid each call); writes nothing.
+pub fn plan(devices: &[DeviceQueue], options: &MkfsOptions) -> Result<Vec<Superblock>, FsError> {
     let count = devices.len() as u32;
     if count == 0 {
         return Err(FsError::invalid("mkfs needs at least one device"));
@@ -69,17 +86,6 @@ pub fn mkfs(devices: &[DeviceQueue], options: &MkfsOptions) -> Result<Vec<Superb
         .enumerate()
         .map(|(i, d)| superblock_for(d, i, count, unit, stripe_count, i < replicas, uuid, options))
         .collect::<Result<Vec<_>, _>>()?;
-    let pool = BouncePool::new(u64::MAX, devices);
-    let areas = journal::areas(&superblocks);
-    for area in &areas {
-        zero(devices, &pool, area.device, area.offset, area.len)?;
-    }
-    let mut journal = Journal::fresh(areas);
-    journal.checkpoint(devices, &pool, &[root_record()])?;
-    for (i, sb) in superblocks.iter().enumerate() {
-        write_device(devices, &pool, i, 0, &sb.encode())?;
-        devices[i].sync()?;
-    }
     Ok(superblocks)
 }
 

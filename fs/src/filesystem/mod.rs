@@ -193,6 +193,12 @@ pub fn open_devices(specs: &[DeviceSpec]) -> Result<Vec<DeviceQueue>, FsError> {
         .collect()
 }
 
+/// The superblocks [`mkfs`] would write on `specs`; writes nothing.
+pub fn mkfs_plan(specs: &[DeviceSpec], options: &MkfsOptions) -> Result<Vec<Superblock>, FsError> {
+    let devices = open_devices(specs)?;
+    format::plan(&devices, options)
+}
+
 /// Writes a new filesystem on `specs`.
 pub fn mkfs(specs: &[DeviceSpec], options: &MkfsOptions) -> Result<Vec<Superblock>, FsError> {
     let devices = open_devices(specs)?;

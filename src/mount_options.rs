@@ -1,0 +1,158 @@
+//! Mount options in mount(8)'s `-o a,b=c` form: what `stripefs mount -o` and the
+//! `mount.stripefs` helper take.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// What the options asked for (`None`/empty: not given).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountOpts {
+    /// `threads=N`
+    pub threads: Option<usize>,
+    /// `commit=SECONDS`
+    pub commit: Option<Duration>,
+    /// `allow_other`
+    pub allow_other: bool,
+    /// `device=PATH`, repeatable: more places to look for members.
+    pub devices: Vec<PathBuf>,
+    /// `log=FILE`
+    pub log: Option<PathBuf>,
+}
+
+/// Options that mount(8) passes along, that carry nothing for stripefs, or that say what a
+/// stripefs mount always is (nosuid, nodev, noatime): accepted and ignored (`x-…`/`X-…` are
+/// for other programs, such as systemd).
+fn ignored(name: &str) -> bool {
+    matches!(
+        name,
+        "rw" | "defaults"
+            | "auto"
+            | "noauto"
+            | "nofail"
+            | "_netdev"
+            | "nosuid"
+            | "nodev"
+            | "noatime"
+    ) || name.starts_with("x-")
+        || name.starts_with("X-")
+}
+
+/// Parses comma-separated option lists (each `-o` given). An option stripefs does not know
+/// is an error naming every such option, unless `sloppy` (mount's `-s`), which only warns.
+pub fn parse(lists: &[String], sloppy: bool) -> Result<MountOpts> {
+    let mut opts = MountOpts::default();
+    let mut unknown = Vec::new();
+    for option in lists.iter().flat_map(|l| l.split(',')) {
+        if option.is_empty() || ignored(option) {
+            continue;
+        }
+        if !apply(&mut opts, option)? {
+            unknown.push(option.to_string());
+        }
+    }
+    if !unknown.is_empty() {
+        let message = format!(
+            "unknown mount option(s): {} (stripefs takes threads=N, commit=SECONDS, \
+             allow_other, device=PATH, log=FILE)",
+            unknown.join(", ")
+        );
+        if !sloppy {
+            bail!(message);
+        }
+        eprintln!("stripefs: ignored {message}");
+    }
+    Ok(opts)
+}
+
+/// Applies one option; `false` if it is not one of stripefs's.
+fn apply(opts: &mut MountOpts, option: &str) -> Result<bool> {
+    let (name, value) = match option.split_once('=') {
+        Some((n, v)) => (n, Some(v)),
+        None => (option, None),
+    };
+    let need = || {
+        value
+            .filter(|v| !v.is_empty())
+            .with_context(|| format!("mount option {name} needs a value ({name}=…)"))
+    };
+    match name {
+        "threads" => {
+            let v = need()?;
+            let n = v
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .with_context(|| format!("threads={v}: not a number of threads (1 or more)"))?;
+            opts.threads = Some(n);
+        }
+        "commit" => {
+            let v = need()?;
+            let secs = v
+                .parse::<u64>()
+                .ok()
+                .filter(|&s| s > 0)
+                .with_context(|| format!("commit={v}: not a number of seconds (1 or more)"))?;
+            opts.commit = Some(Duration::from_secs(secs));
+        }
+        "allow_other" if value.is_none() => opts.allow_other = true,
+        "device" => opts.devices.push(PathBuf::from(need()?)),
+        "log" => opts.log = Some(PathBuf::from(need()?)),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lists(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_option_parses() {
+        let opts = parse(
+            &lists(&[
+                "rw,threads=2,commit=7,allow_other",
+                "device=/a,device=/b,log=/l,x-systemd.automount,nofail",
+            ]),
+            false,
+        )
+        .ok();
+        let want = MountOpts {
+            threads: Some(2),
+            commit: Some(Duration::from_secs(7)),
+            allow_other: true,
+            devices: vec![PathBuf::from("/a"), PathBuf::from("/b")],
+            log: Some(PathBuf::from("/l")),
+        };
+        assert_eq!(opts, Some(want));
+    }
+
+    #[test]
+    fn unknown_options_are_named_unless_sloppy() {
+        let text = parse(&lists(&["rw,noatime,ro,frob=1"]), false)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(text.contains(": ro, frob=1 ("), "{text}");
+        assert!(parse(&lists(&["ro"]), true).is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for bad in [
+            "threads=0",
+            "threads=x",
+            "commit=",
+            "commit",
+            "device",
+            "log=",
+        ] {
+            assert!(parse(&lists(&[bad]), true).is_err(), "{bad}");
+        }
+    }
+}
