@@ -2,6 +2,7 @@
  * read_file FILE: reads FILE (on a stripefs mount) into a registered buffer, QUEUE requests
  * of CHUNK bytes in flight, and writes it to standard output in order.
  *
+ *   cargo build --release -p stripefs-client    # makes target/release/libstripefs_client.a
  *   cc -I client/include client/examples/read_file.c target/release/libstripefs_client.a \
  *      -lpthread -ldl -lm -o read_file
  */

@@ -3,6 +3,7 @@
 
 pub mod members;
 pub mod signatures;
+mod udev;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,6 +18,10 @@ pub struct ProbeArgs {
     /// Devices or image files to look at (default: every block device of the machine).
     #[arg(value_name = "DEV")]
     pub devices: Vec<PathBuf>,
+    /// Print the udev properties of one device (`ID_FS_TYPE=stripefs`, `ID_FS_UUID`, …;
+    /// nothing if it is no stripefs member), for `IMPORT{program}` in a udev rule.
+    #[arg(long)]
+    pub udev: bool,
 }
 
 /// The devices of the filesystem that `sources` (what was typed before the mountpoint) name,
@@ -56,6 +61,15 @@ fn uuid_tag(source: &str) -> Option<&str> {
 /// `stripefs probe [DEV…]`: the filesystems found and their state; for devices named on the
 /// command line, also what a device holds if it is not a stripefs member.
 pub fn run(args: &ProbeArgs) -> Result<()> {
+    if args.udev {
+        let [device] = &args.devices[..] else {
+            anyhow::bail!("--udev takes exactly one device");
+        };
+        let found =
+            signatures_of(device).with_context(|| format!("reading {}", device.display()))?;
+        let _ = std::io::stdout().write_all(udev::properties(&found).as_bytes());
+        return Ok(());
+    }
     let named = !args.devices.is_empty();
     let paths = if named {
         args.devices.clone()
