@@ -16,9 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::mount::{
-    Daemon, assert_fsck_clean, clear_mount, contents, image_files, mkfs, skip_reason, write_synced,
-};
+use common::mount::{Daemon, assert_fsck_clean, clear_mount, contents, write_synced};
 use common::{MIB, Watchdog, assert_bytes};
 
 fn setup(
@@ -26,15 +24,7 @@ fn setup(
     size: u64,
     mkfs_args: &[&str],
 ) -> Option<(Watchdog, tempfile::TempDir, Vec<PathBuf>)> {
-    if let Some(reason) = skip_reason(false) {
-        println!("skipped: {reason}");
-        return None;
-    }
-    let watchdog = Watchdog::new(name, Duration::from_secs(120));
-    let scratch = common::scratch_dir();
-    let images = image_files(scratch.path(), 4, size);
-    mkfs(&images, mkfs_args);
-    Some((watchdog, scratch, images))
+    common::mount::setup(name, size, mkfs_args, Duration::from_secs(120))
 }
 
 /// The size of file `i` of writer `w`: 0 to 40 KiB, unaligned.

@@ -112,15 +112,7 @@ fn setup(
     size: u64,
     mkfs_args: &[&str],
 ) -> Option<(Watchdog, tempfile::TempDir, Vec<PathBuf>)> {
-    if let Some(reason) = skip_reason(false) {
-        println!("skipped: {reason}");
-        return None;
-    }
-    let watchdog = Watchdog::new(name, Duration::from_secs(90));
-    let scratch = common::scratch_dir();
-    let images = image_files(scratch.path(), 4, size);
-    mkfs(&images, mkfs_args);
-    Some((watchdog, scratch, images))
+    common::mount::setup(name, size, mkfs_args, Duration::from_secs(90))
 }
 
 #[test]

@@ -36,6 +36,25 @@ fn read_file(fs: &Filesystem, parent: u64, n: &str) -> Option<Vec<u8>> {
     Some(fs.read(attr.ino, 0, attr.size as u32).expect("read"))
 }
 
+/// Overwrites the first `len` payload bytes of checkpoint `generation` on both replicas
+/// (its header stays valid): a checkpoint torn by a crash, or damaged.
+fn overwrite_checkpoint_payload(
+    d: &Devices,
+    sb: &stripefs_layout::ondisk::Superblock,
+    generation: u64,
+    len: usize,
+) {
+    let slot_len = (sb.meta_len / 4) / 4096 * 4096;
+    for replica in &d.paths[..2] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(replica)
+            .expect("open replica");
+        let payload = sb.meta_offset + (generation % 2) * slot_len + 4096;
+        f.write_at(&vec![0xA5; len], payload).expect("overwrite");
+    }
+}
+
 fn assert_fsck_clean(d: &Devices) {
     common::assert_fsck_clean(&d.specs);
 }
@@ -99,15 +118,7 @@ fn a_torn_newest_checkpoint_falls_back_to_the_older_one() {
         drop(fs);
         sb
     };
-    let slot_len = (sb.meta_len / 4) / 4096 * 4096;
-    for replica in &d.paths[..2] {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(replica)
-            .expect("open replica");
-        let newest = sb.meta_offset + ((generation + 1) % 2) * slot_len;
-        f.write_at(&[0xA5; 8192], newest + 4096).expect("tear");
-    }
+    overwrite_checkpoint_payload(&d, &sb, generation + 1, 8192);
     let fs = Filesystem::open(&d.specs).expect("mount falls back to the older checkpoint");
     for (n, bytes) in &files {
         let got = read_file(&fs, ROOT, n).unwrap_or_else(|| panic!("{n} lost"));
@@ -255,15 +266,7 @@ fn a_damaged_checkpoint_whose_log_exists_is_not_silently_passed_over() {
         fs.superblock().clone()
     };
     let generation = fsck(&d.specs).checkpoint_generation;
-    let slot_len = (sb.meta_len / 4) / 4096 * 4096;
-    for replica in &d.paths[..2] {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(replica)
-            .expect("open replica");
-        let at = sb.meta_offset + (generation % 2) * slot_len + 4096;
-        f.write_at(&[0xA5; 4096], at).expect("damage");
-    }
+    overwrite_checkpoint_payload(&d, &sb, generation, 4096);
     let err = match Filesystem::open(&d.specs) {
         Ok(_) => panic!("mounted over a damaged checkpoint, dropping its log"),
         Err(e) => e.to_string(),

@@ -668,3 +668,23 @@ pub fn assert_fsck_clean(devices: &[PathBuf]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The start of a test on a mount: skips (or fails, when required) where FUSE is missing;
+/// otherwise a watchdog of `limit`, a scratch directory and four image files of `size`
+/// bytes made into a filesystem with `mkfs_args`.
+pub fn setup(
+    name: &'static str,
+    size: u64,
+    mkfs_args: &[&str],
+    limit: std::time::Duration,
+) -> Option<(super::Watchdog, tempfile::TempDir, Vec<PathBuf>)> {
+    if let Some(reason) = skip_reason(false) {
+        println!("skipped: {reason}");
+        return None;
+    }
+    let watchdog = super::Watchdog::new(name, limit);
+    let scratch = super::scratch_dir();
+    let images = image_files(scratch.path(), 4, size);
+    mkfs(&images, mkfs_args);
+    Some((watchdog, scratch, images))
+}
