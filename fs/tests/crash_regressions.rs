@@ -346,3 +346,43 @@ fn fdatasync_waits_only_for_the_metadata_its_data_needs() {
     fs.fsync(ino).expect("fsync");
     assert_eq!(log_entries(), before + 2);
 }
+
+#[test]
+fn a_write_never_fails_for_space_that_a_commit_frees() {
+    // One device with room for three of the files: each round unlinks the file it wrote
+    // before and writes a new one, so almost all free space is busy (freed, not yet durable)
+    // whenever a write needs it, while another thread commits all the time. A write that
+    // finds no space must get the busy space back through a commit, even when another
+    // thread's commit frees it first.
+    let d = devices(1, 32 << 20, 1 << 20);
+    let fs = Filesystem::open(&d.specs).expect("mount");
+    let stop = Arc::new(AtomicBool::new(false));
+    let committer = {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                fs.sync().expect("commit");
+            }
+        })
+    };
+    let bytes = data(9, 8 << 20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut rounds = 0;
+    while std::time::Instant::now() < deadline {
+        let _ = fs.unlink(ROOT, OsStr::new("f"));
+        let ino = fs
+            .create(ROOT, OsStr::new("f"), 0o644, ME)
+            .expect("create")
+            .ino;
+        if let Err(e) = fs.write(ino, 0, &bytes) {
+            stop.store(true, Ordering::Relaxed);
+            panic!(
+                "round {rounds}: a write found no space although 3/4 of the device was freed: {e}"
+            );
+        }
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    committer.join().expect("committer");
+    assert!(rounds > 3, "only {rounds} rounds");
+}

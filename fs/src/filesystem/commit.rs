@@ -86,11 +86,6 @@ impl Pending {
         self.data.get(&ino).copied().unwrap_or(0)
     }
 
-    /// Whether some freed space waits for a commit.
-    pub(crate) fn has_busy(&self) -> bool {
-        !self.busy.is_empty()
-    }
-
     /// Bytes freed by changes not yet durable.
     pub(crate) fn busy_bytes(&self) -> u64 {
         self.busy.iter().map(|b| b.len).sum()
@@ -199,9 +194,9 @@ mod tests {
             (freed[0].device, freed[0].start, freed[0].len),
             (0, 4096, 8192)
         );
-        assert!(p.has_busy());
+        assert_eq!(p.busy_bytes(), 4096);
         assert_eq!(p.settle(b).len(), 1);
-        assert!(!p.has_busy());
+        assert_eq!(p.busy_bytes(), 0);
     }
 
     #[test]

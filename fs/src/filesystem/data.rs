@@ -144,8 +144,10 @@ impl Filesystem {
     ) -> Result<(), FsError> {
         let mut pieces = resolve(&self.meta.read(), ino, a0, a1 - a0)?;
         let fresh = match self.allocate_holes(ino, &mut pieces) {
-            // Space freed by changes not yet durable comes back with a commit.
-            Err(FsError::NoSpace(_)) if self.has_busy_space() => {
+            // Space freed by changes not yet durable comes back with a commit (one that
+            // another thread finishes meanwhile counts too: asking whether space is busy
+            // first would race with it). Nothing pending: the sync returns at once.
+            Err(FsError::NoSpace(_)) => {
                 self.sync()?;
                 self.allocate_holes(ino, &mut pieces)?
             }

@@ -85,12 +85,6 @@ impl Filesystem {
         }
     }
 
-    /// Whether freed space waits for a commit (an allocation that failed may succeed after
-    /// one).
-    pub(super) fn has_busy_space(&self) -> bool {
-        self.pending.lock().has_busy()
-    }
-
     /// Applies `records` (one change, made durable as a whole) and queues them for the log.
     /// The space they free stays busy until the change is durable. Refused with
     /// `MetadataFull` (ENOSPC) when the metadata could no longer be checkpointed, so that
