@@ -73,8 +73,12 @@ fn print(report: &FsckReport) {
         report.checkpoint_generation, report.log_entries
     );
     println!(
-        "{} files, {} directories, {} symlinks, {} bytes stored",
-        report.files, report.directories, report.symlinks, report.bytes_stored
+        "{} files, {} directories, {} symlinks, {} special files (FIFOs, sockets, device nodes), {} bytes stored",
+        report.files,
+        report.directories,
+        report.symlinks,
+        report.special_files,
+        report.bytes_stored
     );
     if report.orphans > 0 {
         println!(

@@ -45,6 +45,7 @@ pub fn run() -> Result<()> {
         threads: 4,
         commit_interval: std::time::Duration::from_secs(5),
         allow_other: false,
+        dev: false,
         log: None,
         extra_devices: Vec::new(),
         options: args.options.clone(),

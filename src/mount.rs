@@ -51,6 +51,10 @@ pub struct MountArgs {
     /// Let every user in (the default as root).
     #[arg(long)]
     pub allow_other: bool,
+    /// Let device nodes on the filesystem be opened as devices (mount's `dev`; the default
+    /// is `nodev`).
+    #[arg(long)]
+    pub dev: bool,
     /// With --daemon: append the daemon's messages to this file (default: discarded).
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
@@ -58,8 +62,8 @@ pub struct MountArgs {
     /// by `UUID=…` or by one member; repeatable.
     #[arg(long = "device", value_name = "PATH")]
     pub extra_devices: Vec<PathBuf>,
-    /// Mount options, comma-separated: threads=N, commit=SECONDS, allow_other, device=PATH,
-    /// log=FILE (as in fstab); repeatable. They override the flags.
+    /// Mount options, comma-separated: threads=N, commit=SECONDS, allow_other, dev/nodev,
+    /// device=PATH, log=FILE (as in fstab); repeatable. They override the flags.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Warn about unknown mount options instead of refusing them (mount's -s).
@@ -81,6 +85,7 @@ impl MountArgs {
         args.log = opts.log.or(args.log);
         args.extra_devices.extend(opts.devices);
         args.allow_other |= opts.allow_other;
+        args.dev = opts.dev.unwrap_or(args.dev);
         Ok(args)
     }
 }
@@ -119,6 +124,7 @@ pub fn run(args: &MountArgs) -> Result<()> {
         threads: args.threads,
         allow_other: is_root() || args.allow_other,
         fsname: "stripefs".into(),
+        dev: args.dev,
     };
     // The locks on file devices are held for as long as the filesystem is served. Taking
     // them waits for a daemon that is still finishing an unmount of these devices.

@@ -15,6 +15,8 @@ pub struct MountOpts {
     pub commit: Option<Duration>,
     /// `allow_other`
     pub allow_other: bool,
+    /// `dev` (`Some(true)`) or `nodev` (`Some(false)`), the last one given.
+    pub dev: Option<bool>,
     /// `device=PATH`, repeatable: more places to look for members.
     pub devices: Vec<PathBuf>,
     /// `log=FILE`
@@ -22,19 +24,12 @@ pub struct MountOpts {
 }
 
 /// Options that mount(8) passes along, that carry nothing for stripefs, or that say what a
-/// stripefs mount always is (nosuid, nodev, noatime): accepted and ignored (`x-…`/`X-…` are
+/// stripefs mount always is (nosuid, noatime): accepted and ignored (`x-…`/`X-…` are
 /// for other programs, such as systemd).
 fn ignored(name: &str) -> bool {
     matches!(
         name,
-        "rw" | "defaults"
-            | "auto"
-            | "noauto"
-            | "nofail"
-            | "_netdev"
-            | "nosuid"
-            | "nodev"
-            | "noatime"
+        "rw" | "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "nosuid" | "noatime"
     ) || name.starts_with("x-")
         || name.starts_with("X-")
 }
@@ -55,7 +50,7 @@ pub fn parse(lists: &[String], sloppy: bool) -> Result<MountOpts> {
     if !unknown.is_empty() {
         let message = format!(
             "unknown mount option(s): {} (stripefs takes threads=N, commit=SECONDS, \
-             allow_other, device=PATH, log=FILE)",
+             allow_other, dev, nodev, device=PATH, log=FILE)",
             unknown.join(", ")
         );
         if !sloppy {
@@ -97,6 +92,8 @@ fn apply(opts: &mut MountOpts, option: &str) -> Result<bool> {
             opts.commit = Some(Duration::from_secs(secs));
         }
         "allow_other" if value.is_none() => opts.allow_other = true,
+        "dev" if value.is_none() => opts.dev = Some(true),
+        "nodev" if value.is_none() => opts.dev = Some(false),
         "device" => opts.devices.push(PathBuf::from(need()?)),
         "log" => opts.log = Some(PathBuf::from(need()?)),
         _ => return Ok(false),
@@ -116,8 +113,8 @@ mod tests {
     fn every_option_parses() {
         let opts = parse(
             &lists(&[
-                "rw,threads=2,commit=7,allow_other",
-                "device=/a,device=/b,log=/l,x-systemd.automount,nofail",
+                "rw,threads=2,commit=7,allow_other,nodev",
+                "device=/a,device=/b,log=/l,x-systemd.automount,nofail,dev",
             ]),
             false,
         )
@@ -126,6 +123,7 @@ mod tests {
             threads: Some(2),
             commit: Some(Duration::from_secs(7)),
             allow_other: true,
+            dev: Some(true),
             devices: vec![PathBuf::from("/a"), PathBuf::from("/b")],
             log: Some(PathBuf::from("/l")),
         };

@@ -134,7 +134,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: a.blksize.max(PREFERRED_IO_SIZE),
         flags: 0,
     }
@@ -145,6 +145,10 @@ fn kind(k: FileType) -> fuser::FileType {
         FileType::File => fuser::FileType::RegularFile,
         FileType::Dir => fuser::FileType::Directory,
         FileType::Symlink => fuser::FileType::Symlink,
+        FileType::Fifo => fuser::FileType::NamedPipe,
+        FileType::Socket => fuser::FileType::Socket,
+        FileType::CharDevice => fuser::FileType::CharDevice,
+        FileType::BlockDevice => fuser::FileType::BlockDevice,
     }
 }
 
@@ -238,7 +242,9 @@ impl fuser::Filesystem for Fuse {
         }
     }
 
-    /// Regular files only: stripefs stores no device nodes, FIFOs or sockets.
+    /// Regular files, FIFOs, sockets and character and block device nodes (with `rdev`),
+    /// owned by the caller as `create` makes them. The kernel serves opens of the special
+    /// ones itself (the pipe, the socket, the driver); stripefs only keeps the inode.
     fn mknod(
         &self,
         req: &Request,
@@ -246,19 +252,21 @@ impl fuser::Filesystem for Fuse {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        let format = mode & libc::S_IFMT;
-        if format != libc::S_IFREG && format != 0 {
-            let e = FsError::NotSupported {
-                what: "device nodes, FIFOs and sockets",
-            };
+        let kind = match mode & libc::S_IFMT {
+            0 => Some(FileType::File),
+            _ => FileType::from_mode(mode)
+                .filter(|k| !matches!(k, FileType::Dir | FileType::Symlink)),
+        };
+        let Some(kind) = kind else {
+            let e = FsError::invalid(format!("mknod of file type {:#o}", mode & libc::S_IFMT));
             reply.error(errno("mknod", parent.0, &e));
             return;
-        }
+        };
         let (who, _) = self.caller(req, parent.0);
-        match self.fs.create(parent.0, name, mode, who) {
+        match self.fs.mknod(parent.0, name, kind, mode, rdev, who) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno("mknod", parent.0, &e)),
         }

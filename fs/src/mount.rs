@@ -33,6 +33,10 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// The source shown in `/proc/mounts`.
     pub fsname: String,
+    /// Let device nodes on the filesystem be opened as devices (`dev`; off by default, as
+    /// `nodev`: whoever can write the member devices could otherwise make a node of any
+    /// device). Creating device nodes works either way.
+    pub dev: bool,
 }
 
 impl Default for MountOptions {
@@ -41,6 +45,7 @@ impl Default for MountOptions {
             threads: 4,
             allow_other: is_root(),
             fsname: "stripefs".into(),
+            dev: false,
         }
     }
 }
@@ -106,6 +111,11 @@ impl Mount {
                 MountOption::Subtype("stripefs".into()),
                 MountOption::DefaultPermissions,
                 MountOption::NoAtime,
+                if options.dev {
+                    MountOption::Dev
+                } else {
+                    MountOption::NoDev
+                },
             ];
             let mut session = fuser::Session::new(fuse, &mountpoint, &config)?;
             let unmounter = session.unmount_callable();
@@ -323,7 +333,10 @@ fn mount_sys(mountpoint: &Path, options: &MountOptions) -> io::Result<OwnedFd> {
     let target = CString::new(mountpoint.as_os_str().as_bytes())?;
     let fstype = CString::new("fuse.stripefs")?;
     let data = CString::new(data)?;
-    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    let mut flags = libc::MS_NOSUID | libc::MS_NOATIME;
+    if !options.dev {
+        flags |= libc::MS_NODEV;
+    }
     // SAFETY: every pointer is a NUL-terminated string that lives for the call.
     let rc = unsafe {
         libc::mount(

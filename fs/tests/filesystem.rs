@@ -862,3 +862,88 @@ fn a_read_submitted_while_a_writer_waits_does_not_stall_on_its_own_reads() {
         "read B waited {median:?} (median of 10) for a writer that waited for read A"
     );
 }
+
+#[test]
+fn special_files_keep_kind_rdev_and_owner_and_refuse_data() {
+    let d = devices(2, 64 << 20);
+    mkfs(&d, 64 << 10);
+    let who = stripefs_fs::filesystem::Caller {
+        uid: 1234,
+        gid: 567,
+    };
+    let kinds = [
+        ("fifo", FileType::Fifo, 0u32),
+        ("sock", FileType::Socket, 0),
+        ("null", FileType::CharDevice, (1 << 8) | 3),
+        ("loop", FileType::BlockDevice, (7 << 8) | 9),
+    ];
+    {
+        let fs = Filesystem::open(&d.specs).expect("open");
+        for (n, kind, rdev) in kinds {
+            let a = fs
+                .mknod(ROOT, name(n), kind, 0o640, rdev, who)
+                .expect("mknod");
+            assert_eq!(
+                (a.kind, a.rdev, a.mode, a.uid, a.gid),
+                (kind, rdev, 0o640, 1234, 567)
+            );
+            assert_eq!((a.size, a.blocks, a.nlink), (0, 0, 1));
+            assert!(matches!(fs.open_file(a.ino), Err(FsError::SpecialFile)));
+            assert_eq!(
+                fs.open_file(a.ino).map(|_| ()).unwrap_err().errno(),
+                libc::ENXIO
+            );
+            assert!(matches!(
+                fs.read(a.ino, 0, 10),
+                Err(FsError::Invalid { .. })
+            ));
+            assert!(matches!(
+                fs.write(a.ino, 0, b"x"),
+                Err(FsError::Invalid { .. })
+            ));
+            let grow = SetAttr {
+                size: Some(10),
+                ..SetAttr::default()
+            };
+            assert!(matches!(
+                fs.setattr(a.ino, &grow),
+                Err(FsError::Invalid { .. })
+            ));
+            let layout = fs.getxattr(a.ino, name(filesystem::LAYOUT_XATTR));
+            assert!(matches!(layout, Err(FsError::NoXattr)));
+        }
+        // A FIFO's rdev is not kept; mknod makes no directories or symlinks.
+        let f = fs
+            .mknod(ROOT, name("f2"), FileType::Fifo, 0o600, 99, who)
+            .expect("mknod fifo");
+        assert_eq!(f.rdev, 0);
+        assert!(
+            fs.mknod(ROOT, name("x"), FileType::Dir, 0o700, 0, who)
+                .is_err()
+        );
+        assert!(matches!(
+            fs.mknod(ROOT, name("fifo"), FileType::Fifo, 0o600, 0, who),
+            Err(FsError::Exists)
+        ));
+        let kinds: Vec<(Vec<u8>, FileType)> = fs
+            .readdir(ROOT, 2)
+            .expect("readdir")
+            .into_iter()
+            .map(|e| (e.name, e.kind))
+            .collect();
+        assert!(kinds.contains(&(b"sock".to_vec(), FileType::Socket)));
+        assert!(kinds.contains(&(b"loop".to_vec(), FileType::BlockDevice)));
+        fs.shutdown().expect("shutdown");
+    }
+    let fs = Filesystem::open(&d.specs).expect("reopen");
+    for (n, kind, rdev) in kinds {
+        let a = fs.lookup(ROOT, name(n)).expect("lookup");
+        assert_eq!((a.kind, a.rdev, a.mode, a.uid), (kind, rdev, 0o640, 1234));
+    }
+    fs.shutdown().expect("shutdown");
+    drop(fs);
+    let devices = filesystem::open_devices(&d.specs).expect("devices");
+    let report = filesystem::fsck(&devices).expect("fsck runs");
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.special_files, 5);
+}

@@ -303,6 +303,7 @@ fn file() -> InodeRecord {
             devices: vec![2, 0, 1],
         }),
         symlink_target: Vec::new(),
+        rdev: 0,
     }
 }
 
@@ -478,8 +479,8 @@ fn decode_all_fails_on_any_bad_record() {
 #[test]
 fn inode_kind_mode_and_times() {
     let mut bytes = encode(&Record::Inode(file()));
-    bytes[5 + 8] = 4;
-    assert_eq!(Record::decode(&bytes), record_field("inode.kind", 4));
+    bytes[5 + 8] = 8;
+    assert_eq!(Record::decode(&bytes), record_field("inode.kind", 8));
     assert_eq!(
         inode_with(|i| i.mode = 0o10000),
         record_field("inode.mode", 0o10000)
@@ -510,6 +511,120 @@ fn inode_layout_follows_kind() {
     });
     assert_eq!(link_with_layout, record_field("inode.layout", 1));
     assert!(inode_with(|i| i.kind = InodeKind::Dir).is_ok());
+}
+
+/// An inode record as written before special files existed, built byte by byte: tag 1, body
+/// length, ino, kind, mode, uid, gid, size, four timestamps, layout option, symlink target.
+fn old_format_inode(kind: u8, layout: Option<(u32, &[u16])>, target: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&7u64.to_le_bytes());
+    body.push(kind);
+    for v in [0o644u32, 1000, 100] {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    body.extend_from_slice(&12345u64.to_le_bytes());
+    for secs in [1i64, 2, 3, -4] {
+        body.extend_from_slice(&secs.to_le_bytes());
+        body.extend_from_slice(&5u32.to_le_bytes());
+    }
+    match layout {
+        None => body.push(0),
+        Some((unit, devices)) => {
+            body.push(1);
+            body.extend_from_slice(&unit.to_le_bytes());
+            body.extend_from_slice(&(devices.len() as u32).to_le_bytes());
+            for d in devices {
+                body.extend_from_slice(&d.to_le_bytes());
+            }
+        }
+    }
+    body.extend_from_slice(&(target.len() as u32).to_le_bytes());
+    body.extend_from_slice(target);
+    let mut out = vec![1];
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[test]
+fn old_format_inode_records_still_decode() {
+    let old_file = old_format_inode(1, Some((1 << 16, &[2, 0, 1])), b"");
+    assert_eq!(
+        Record::decode(&old_file),
+        Ok((Record::Inode(file()), old_file.len()))
+    );
+    // Files, directories and symlinks are still written exactly as before.
+    assert_eq!(encode(&Record::Inode(file())), old_file);
+    let old_link = old_format_inode(3, None, b"../target");
+    assert_eq!(
+        Record::decode(&old_link),
+        Ok((Record::Inode(symlink()), old_link.len()))
+    );
+    assert_eq!(encode(&Record::Inode(symlink())), old_link);
+    let old_dir = old_format_inode(2, None, b"");
+    let dir = InodeRecord {
+        kind: InodeKind::Dir,
+        layout: None,
+        ..file()
+    };
+    assert_eq!(
+        Record::decode(&old_dir),
+        Ok((Record::Inode(dir), old_dir.len()))
+    );
+}
+
+fn special(kind: InodeKind, rdev: u32) -> InodeRecord {
+    InodeRecord {
+        kind,
+        size: 0,
+        layout: None,
+        rdev,
+        ..file()
+    }
+}
+
+#[test]
+fn special_inode_records() {
+    let chr = special(InodeKind::CharDevice, (1 << 8) | 3);
+    let bytes = encode(&Record::Inode(chr.clone()));
+    // The rdev is the last field, after the (empty) symlink target.
+    assert_eq!(bytes[bytes.len() - 4..], ((1u32 << 8) | 3).to_le_bytes());
+    assert_eq!(reencode(&Record::Inode(chr)).map(|_| ()), Ok(()));
+    for kind in [InodeKind::Fifo, InodeKind::Socket, InodeKind::BlockDevice] {
+        let r = Record::Inode(special(kind, 0));
+        assert_eq!(reencode(&r), Ok(r));
+    }
+    // Only device nodes have a device number.
+    assert_eq!(
+        reencode(&Record::Inode(special(InodeKind::Fifo, 9))),
+        record_field("inode.rdev", 9)
+    );
+    // A file's rdev is never written, so only validate can see it.
+    let file_with_rdev = Record::Inode(InodeRecord { rdev: 9, ..file() });
+    assert_eq!(file_with_rdev.validate(), record_field("inode.rdev", 9));
+    // Special files have no layout.
+    let with_layout = InodeRecord {
+        layout: file().layout,
+        ..special(InodeKind::Socket, 0)
+    };
+    assert_eq!(
+        reencode(&Record::Inode(with_layout)),
+        record_field("inode.layout", 1)
+    );
+    // A special kind without its trailing rdev is truncated; a file with one is too long.
+    let mut short = encode(&Record::Inode(special(InodeKind::Fifo, 0)));
+    short.truncate(short.len() - 4);
+    let body_len = (short.len() - 5) as u32;
+    short[1..5].copy_from_slice(&body_len.to_le_bytes());
+    assert!(Record::decode(&short).is_err());
+    let mut long = encode(&Record::Inode(file()));
+    long.extend_from_slice(&0u32.to_le_bytes());
+    let body_len = (long.len() - 5) as u32;
+    long[1..5].copy_from_slice(&body_len.to_le_bytes());
+    assert!(matches!(
+        Record::decode(&long),
+        Err(OnDiskError::BodyLength { tag: 1, .. })
+    ));
 }
 
 #[test]

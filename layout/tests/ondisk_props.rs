@@ -65,7 +65,11 @@ fn inodes() -> impl Strategy<Value = InodeRecord> {
     let kinds = prop_oneof![
         Just(InodeKind::File),
         Just(InodeKind::Dir),
-        Just(InodeKind::Symlink)
+        Just(InodeKind::Symlink),
+        Just(InodeKind::Fifo),
+        Just(InodeKind::Socket),
+        Just(InodeKind::CharDevice),
+        Just(InodeKind::BlockDevice)
     ];
     let ids = (
         any::<u64>(),
@@ -76,7 +80,8 @@ fn inodes() -> impl Strategy<Value = InodeRecord> {
     );
     let times = [timestamps(), timestamps(), timestamps(), timestamps()];
     let target = prop_oneof![name_bytes(1..=64), name_bytes(1..=SYMLINK_MAX)];
-    (kinds, ids, times, layouts(), any::<bool>(), target).prop_map(
+    let rdevs = prop_oneof![Just(0u32), Just((1 << 8) | 3), any::<u32>()];
+    (kinds, ids, times, layouts(), any::<bool>(), target, rdevs).prop_map(
         |(
             kind,
             (ino, mode, uid, gid, size),
@@ -84,12 +89,14 @@ fn inodes() -> impl Strategy<Value = InodeRecord> {
             layout,
             dir_has_layout,
             target,
+            rdev,
         )| {
             let layout = match kind {
                 InodeKind::File => Some(layout),
                 InodeKind::Dir => dir_has_layout.then_some(layout),
-                InodeKind::Symlink => None,
+                _ => None,
             };
+            let rdev = if kind.is_device() { rdev } else { 0 };
             let symlink_target = if kind == InodeKind::Symlink {
                 target
             } else {
@@ -108,6 +115,7 @@ fn inodes() -> impl Strategy<Value = InodeRecord> {
                 crtime,
                 layout,
                 symlink_target,
+                rdev,
             }
         },
     )

@@ -260,10 +260,17 @@ impl Daemon {
     /// once the mount works.
     #[track_caller]
     pub fn mount(devices: &[PathBuf], mountpoint: &Path) -> Daemon {
+        Daemon::mount_with(devices, mountpoint, &[])
+    }
+
+    /// [`Daemon::mount`] with more arguments of `stripefs mount` (`-o dev`, say).
+    #[track_caller]
+    pub fn mount_with(devices: &[PathBuf], mountpoint: &Path, extra: &[&str]) -> Daemon {
         become_subreaper();
         std::fs::create_dir_all(mountpoint).expect("create the mountpoint");
         let log = mountpoint.with_extension("log");
         let mut args = vec!["mount", "--daemon", "--log", log.to_str().expect("UTF-8")];
+        args.extend_from_slice(extra);
         args.extend(strs(devices));
         args.push(mountpoint.to_str().expect("UTF-8"));
         let out = stripefs(&args);

@@ -39,6 +39,7 @@ pub fn workloads() -> Vec<Workload> {
         unlink_then_reuse(),
         truncate_down_and_up(),
         hard_links(),
+        special_files(),
         xattrs_and_layouts(),
         log_wrap(),
         unmount_checkpoint(),
@@ -197,6 +198,40 @@ fn hard_links() -> Workload {
             Fsync(""),
             Rmdir("e"),
             Rmdir("d"),
+        ],
+    }
+}
+
+/// `makedev(major, minor)` as FUSE carries it (small numbers).
+const fn dev(major: u32, minor: u32) -> u32 {
+    (major << 8) | minor
+}
+
+fn special_files() -> Workload {
+    use Op::*;
+    use stripefs_fs::filesystem::FileType;
+    Workload {
+        name: "special files (mknod)",
+        mkfs: mkfs(),
+        ops: vec![
+            Mkdir("d"),
+            Mknod("d/fifo", FileType::Fifo, 0),
+            Mknod("d/null", FileType::CharDevice, dev(1, 3)),
+            Fsync("d"),
+            Mknod("sock", FileType::Socket, 0),
+            Mknod("d/blk", FileType::BlockDevice, dev(7, 0)),
+            Create("f"),
+            write("f", 0, 20_000, 1),
+            Fsync("f"),
+            Rename("d/null", "f"),
+            Link("d/fifo", "fifo2"),
+            Unlink("sock"),
+            Fsync("d"),
+            SetXattr("d/blk", "user.test.a", b"1"),
+            Unlink("d/fifo"),
+            Rename("d/blk", "blk"),
+            Sync,
+            Mknod("late", FileType::Fifo, 0),
         ],
     }
 }

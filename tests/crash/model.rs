@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use stripefs_fs::filesystem::FileType;
+
 /// Blocks of file data compared one by one.
 pub const BLOCK: usize = 4096;
 
@@ -18,6 +20,8 @@ pub enum Kind {
     File(Arc<Vec<u8>>),
     Dir(BTreeMap<String, u64>),
     Symlink(String),
+    /// A FIFO, socket or device node, and its device number.
+    Special(FileType, u32),
 }
 
 /// One inode of the model.
@@ -195,9 +199,17 @@ impl Model {
 /// What a path shows, data aside.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ShapeKind {
-    File { size: u64, links: u32 },
+    File {
+        size: u64,
+        links: u32,
+    },
     Dir,
     Symlink(String),
+    Special {
+        kind: FileType,
+        rdev: u32,
+        links: u32,
+    },
 }
 
 /// What a path shows: its kind, size and links, its test xattrs and its layout.
@@ -217,6 +229,11 @@ impl Shape {
             },
             Kind::Dir(_) => ShapeKind::Dir,
             Kind::Symlink(t) => ShapeKind::Symlink(t.clone()),
+            Kind::Special(kind, rdev) => ShapeKind::Special {
+                kind: *kind,
+                rdev: *rdev,
+                links,
+            },
         };
         Shape {
             kind,

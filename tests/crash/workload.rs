@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use stripefs_engine::{DeviceQueue, DeviceSpec, WriteLog};
 use stripefs_fs::filesystem::{
-    Caller, Filesystem, LAYOUT_XATTR, MkfsOptions, RenameFlags, SetAttr, XattrFlags,
+    Caller, FileType, Filesystem, LAYOUT_XATTR, MkfsOptions, RenameFlags, SetAttr, XattrFlags,
 };
 
 use super::model::{History, Kind, Model, Recovered, Shape, ShapeKind};
@@ -22,6 +22,8 @@ pub enum Op {
     Create(&'static str),
     Mkdir(&'static str),
     Symlink(&'static str, &'static str),
+    /// A FIFO, socket or device node (with its device number).
+    Mknod(&'static str, FileType, u32),
     /// Writes `len` bytes of pattern `seed` at `offset`.
     Write {
         path: &'static str,
@@ -181,6 +183,14 @@ fn apply(fs: &Filesystem, model: &mut Model, op: &Op) {
                 .expect("symlink");
             model.add(p, Kind::Symlink(target.to_string()), None);
         }
+        Op::Mknod(p, kind, rdev) => {
+            let (dir, name) = parent(fs, p);
+            let attr = fs
+                .mknod(dir, OsStr::new(name), kind, 0o640, rdev, who)
+                .expect("mknod");
+            assert_eq!((attr.kind, attr.rdev), (kind, rdev), "mknod of {p}");
+            model.add(p, Kind::Special(kind, rdev), None);
+        }
         Op::Write {
             path,
             offset,
@@ -320,10 +330,13 @@ fn read_node(fs: &Filesystem, ino: u64, path: String, out: &mut Recovered) -> Re
             xattrs.insert(name, value);
         }
     }
-    use stripefs_fs::filesystem::FileType;
     let layout = match attr.kind {
-        FileType::Symlink => None,
-        _ => Some(
+        FileType::Symlink
+        | FileType::Fifo
+        | FileType::Socket
+        | FileType::CharDevice
+        | FileType::BlockDevice => None,
+        FileType::File | FileType::Dir => Some(
             fs.getxattr(ino, OsStr::new(LAYOUT_XATTR))
                 .map_err(|e| err("layout", e))?,
         ),
@@ -347,6 +360,13 @@ fn read_node(fs: &Filesystem, ino: u64, path: String, out: &mut Recovered) -> Re
             }
         }
         FileType::Dir => ShapeKind::Dir,
+        FileType::Fifo | FileType::Socket | FileType::CharDevice | FileType::BlockDevice => {
+            ShapeKind::Special {
+                kind: attr.kind,
+                rdev: attr.rdev,
+                links: attr.nlink,
+            }
+        }
         FileType::Symlink => ShapeKind::Symlink(
             String::from_utf8_lossy(&fs.readlink(ino).map_err(|e| err("readlink", e))?)
                 .into_owned(),

@@ -141,6 +141,7 @@ impl Filesystems {
                 threads: MOUNT_THREADS,
                 allow_other: is_root(),
                 fsname: "stripefs-bench".into(),
+                dev: false,
             };
             let mount = Mount::start(open.fs.clone(), &mnt, &options, || {})
                 .with_context(|| format!("mounting on {}", mnt.display()))?;

@@ -282,7 +282,11 @@ impl Filesystem {
         match inode.record.kind {
             InodeKind::File => Ok(inode.record.size),
             InodeKind::Dir => Err(FsError::IsDir),
-            InodeKind::Symlink => Err(FsError::invalid("not a regular file")),
+            InodeKind::Symlink
+            | InodeKind::Fifo
+            | InodeKind::Socket
+            | InodeKind::CharDevice
+            | InodeKind::BlockDevice => Err(FsError::invalid("not a regular file")),
         }
     }
 

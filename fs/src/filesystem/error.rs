@@ -38,6 +38,8 @@ pub enum FsError {
     NotSupported { what: &'static str },
     #[error("mapping {mapping} is not a registration of a file of this filesystem")]
     UnknownMapping { mapping: u64 },
+    #[error("a FIFO, socket or device node is opened by the kernel, not through the filesystem")]
+    SpecialFile,
     #[error("file too large: {offset}+{len}")]
     TooLarge { offset: u64, len: u64 },
     #[error(transparent)]
@@ -79,6 +81,7 @@ impl FsError {
             FsError::NoXattr => libc::ENODATA,
             FsError::NotSupported { .. } => libc::EOPNOTSUPP,
             FsError::UnknownMapping { .. } => libc::EBADF,
+            FsError::SpecialFile => libc::ENXIO,
             FsError::TooLarge { .. } => libc::EFBIG,
             FsError::Device(e) => device_errno(e),
             FsError::DeviceSet { .. } => libc::ENODEV,

@@ -23,6 +23,8 @@ pub struct FsckReport {
     pub files: usize,
     pub directories: usize,
     pub symlinks: usize,
+    /// FIFOs, sockets and device nodes.
+    pub special_files: usize,
     pub bytes_stored: u64,
     pub checkpoint_generation: u64,
     pub log_entries: u64,
@@ -139,9 +141,42 @@ fn check_tree(meta: &Metadata, report: &mut FsckReport) {
     report.orphans = meta.orphans().len();
 }
 
+/// A FIFO, socket or device node keeps no data: no layout, no extents, size 0, and only a
+/// device node has a device number.
+fn check_special(inode: &meta::Inode, report: &mut FsckReport) {
+    let r = &inode.record;
+    let ino = r.ino;
+    if r.layout.is_some() {
+        report
+            .problems
+            .push(format!("special file {ino} ({:?}) has a layout", r.kind));
+    }
+    if inode.extents.iter().any(|m| m.end() > 0) {
+        report
+            .problems
+            .push(format!("special file {ino} ({:?}) has extents", r.kind));
+    }
+    if r.size != 0 {
+        report.problems.push(format!(
+            "special file {ino} ({:?}) has size {}",
+            r.kind, r.size
+        ));
+    }
+    if r.rdev != 0 && !r.kind.is_device() {
+        report.problems.push(format!(
+            "{ino} ({:?}) has device number {:#x}",
+            r.kind, r.rdev
+        ));
+    }
+}
+
 fn check_layouts_and_sizes(meta: &Metadata, device_count: usize, report: &mut FsckReport) {
     for inode in meta.iter() {
         let ino = inode.record.ino;
+        if inode.record.kind.is_special() {
+            check_special(inode, report);
+            continue;
+        }
         let Some(record) = &inode.record.layout else {
             if inode.record.kind == InodeKind::File {
                 report.problems.push(format!("file {ino} has no layout"));
@@ -221,6 +256,10 @@ fn count(meta: &Metadata, report: &mut FsckReport) {
             InodeKind::File => report.files += 1,
             InodeKind::Dir => report.directories += 1,
             InodeKind::Symlink => report.symlinks += 1,
+            InodeKind::Fifo
+            | InodeKind::Socket
+            | InodeKind::CharDevice
+            | InodeKind::BlockDevice => report.special_files += 1,
         }
     }
 }

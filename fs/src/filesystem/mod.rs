@@ -54,6 +54,49 @@ pub enum FileType {
     File,
     Dir,
     Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A unix domain socket.
+    Socket,
+    /// A character device node.
+    CharDevice,
+    /// A block device node.
+    BlockDevice,
+}
+
+impl FileType {
+    /// The kind an inode of this type is stored as.
+    pub fn inode_kind(self) -> stripefs_layout::ondisk::InodeKind {
+        use stripefs_layout::ondisk::InodeKind;
+        match self {
+            FileType::File => InodeKind::File,
+            FileType::Dir => InodeKind::Dir,
+            FileType::Symlink => InodeKind::Symlink,
+            FileType::Fifo => InodeKind::Fifo,
+            FileType::Socket => InodeKind::Socket,
+            FileType::CharDevice => InodeKind::CharDevice,
+            FileType::BlockDevice => InodeKind::BlockDevice,
+        }
+    }
+
+    /// The type of a `mode` whose `S_IFMT` bits name one (`None` for zero or unknown bits).
+    pub fn from_mode(mode: u32) -> Option<Self> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => FileType::File,
+            libc::S_IFDIR => FileType::Dir,
+            libc::S_IFLNK => FileType::Symlink,
+            libc::S_IFIFO => FileType::Fifo,
+            libc::S_IFSOCK => FileType::Socket,
+            libc::S_IFCHR => FileType::CharDevice,
+            libc::S_IFBLK => FileType::BlockDevice,
+            _ => return None,
+        })
+    }
+
+    /// Whether this is a FIFO, socket or device node (no data kept by the filesystem).
+    pub fn is_special(self) -> bool {
+        self.inode_kind().is_special()
+    }
 }
 
 /// The attributes of an inode, as `stat` shows them.
@@ -74,6 +117,8 @@ pub struct Attr {
     pub ctime: SystemTime,
     pub crtime: SystemTime,
     pub blksize: u32,
+    /// A device node's device number (`makedev(major, minor)`); zero otherwise.
+    pub rdev: u32,
 }
 
 /// Changes asked of `setattr`.
@@ -375,6 +420,9 @@ impl Filesystem {
     /// Counts an open handle (an unlinked file lives until its last handle is released).
     pub fn open_file(&self, ino: u64) -> Result<Attr, FsError> {
         let attr = self.getattr(ino)?;
+        if attr.kind.is_special() {
+            return Err(FsError::SpecialFile);
+        }
         *self.open_files.lock().entry(ino).or_insert(0) += 1;
         Ok(attr)
     }

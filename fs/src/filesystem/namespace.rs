@@ -15,6 +15,15 @@ use super::{
 };
 use crate::meta::{self, Inode, Metadata};
 
+/// What a new inode holds besides its identity.
+pub(super) enum Extra {
+    None,
+    /// A symlink's target.
+    Target(Vec<u8>),
+    /// A device node's device number (ignored for other kinds).
+    Rdev(u32),
+}
+
 impl Filesystem {
     /// Looks `name` up in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
@@ -70,7 +79,7 @@ impl Filesystem {
         mode: u32,
         who: Caller,
     ) -> Result<Attr, FsError> {
-        self.make(parent, name, InodeKind::File, mode, who, Vec::new())
+        self.make(parent, name, InodeKind::File, mode, who, Extra::None)
     }
 
     /// Creates a directory.
@@ -81,7 +90,7 @@ impl Filesystem {
         mode: u32,
         who: Caller,
     ) -> Result<Attr, FsError> {
-        self.make(parent, name, InodeKind::Dir, mode, who, Vec::new())
+        self.make(parent, name, InodeKind::Dir, mode, who, Extra::None)
     }
 
     /// Creates a symbolic link to `target`.
@@ -104,7 +113,38 @@ impl Filesystem {
             InodeKind::Symlink,
             0o777,
             who,
-            target.to_vec(),
+            Extra::Target(target.to_vec()),
+        )
+    }
+
+    /// Creates a node of any type but a directory or symlink: a regular file, a FIFO, a
+    /// socket, or a character or block device with device number `rdev` (ignored for the
+    /// others). Special files keep no data: the kernel serves them (see `open_file`).
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        kind: FileType,
+        mode: u32,
+        rdev: u32,
+        who: Caller,
+    ) -> Result<Attr, FsError> {
+        let rdev = match kind {
+            FileType::File | FileType::Fifo | FileType::Socket => 0,
+            FileType::CharDevice | FileType::BlockDevice => rdev,
+            FileType::Dir | FileType::Symlink => {
+                return Err(FsError::invalid(
+                    "mknod makes files, FIFOs, sockets and device nodes",
+                ));
+            }
+        };
+        self.make(
+            parent,
+            name,
+            kind.inode_kind(),
+            mode,
+            who,
+            Extra::Rdev(rdev),
         )
     }
 
@@ -115,7 +155,7 @@ impl Filesystem {
         kind: InodeKind,
         mode: u32,
         who: Caller,
-        target: Vec<u8>,
+        extra: Extra,
     ) -> Result<Attr, FsError> {
         let name = check_name(name.as_bytes())?;
         let mut meta = self.meta.write();
@@ -126,13 +166,24 @@ impl Filesystem {
         let layout = match kind {
             InodeKind::File => Some(self.layout_for_new_file(dir)),
             InodeKind::Dir => dir.record.layout.clone(),
-            InodeKind::Symlink => None,
+            InodeKind::Symlink
+            | InodeKind::Fifo
+            | InodeKind::Socket
+            | InodeKind::CharDevice
+            | InodeKind::BlockDevice => None,
         };
         let ino = meta.next_ino();
         let t = now();
         let mut record = meta::new_inode(ino, kind, mode, who.uid, who.gid, t, layout);
-        record.size = target.len() as u64;
-        record.symlink_target = target;
+        match extra {
+            Extra::None => {}
+            Extra::Target(target) => {
+                record.size = target.len() as u64;
+                record.symlink_target = target;
+            }
+            Extra::Rdev(rdev) if kind.is_device() => record.rdev = rdev,
+            Extra::Rdev(_) => {}
+        }
         let mut parent_record = dir.record.clone();
         parent_record.mtime = t;
         parent_record.ctime = t;
@@ -438,6 +489,10 @@ pub(super) fn file_type(kind: InodeKind) -> FileType {
         InodeKind::File => FileType::File,
         InodeKind::Dir => FileType::Dir,
         InodeKind::Symlink => FileType::Symlink,
+        InodeKind::Fifo => FileType::Fifo,
+        InodeKind::Socket => FileType::Socket,
+        InodeKind::CharDevice => FileType::CharDevice,
+        InodeKind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -458,5 +513,6 @@ pub(super) fn attr(inode: &Inode) -> Attr {
         ctime: to_system_time(r.ctime),
         crtime: to_system_time(r.crtime),
         blksize: BLOCK_SIZE as u32,
+        rdev: r.rdev,
     }
 }

@@ -72,7 +72,7 @@ impl Filesystem {
         let meta = self.meta.read();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
         let mut names: Vec<Vec<u8>> = Vec::new();
-        if inode.record.kind != InodeKind::Symlink {
+        if matches!(inode.record.kind, InodeKind::File | InodeKind::Dir) {
             names.push(LAYOUT_XATTR.as_bytes().to_vec());
         }
         if self.control_socket.read().is_some() {
@@ -180,6 +180,14 @@ impl Filesystem {
                 ));
             }
             InodeKind::Symlink => return Err(FsError::invalid("symbolic links have no layout")),
+            InodeKind::Fifo
+            | InodeKind::Socket
+            | InodeKind::CharDevice
+            | InodeKind::BlockDevice => {
+                return Err(FsError::invalid(
+                    "FIFOs, sockets and device nodes have no layout",
+                ));
+            }
         }
         let mut r = inode.record.clone();
         r.layout = Some(layout);

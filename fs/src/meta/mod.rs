@@ -379,5 +379,6 @@ pub fn new_inode(
         crtime: now,
         layout,
         symlink_target: Vec::new(),
+        rdev: 0,
     }
 }

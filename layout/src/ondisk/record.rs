@@ -5,6 +5,15 @@
 //! flag (0 or 1) then the value, a [`Timestamp`] `secs: i64, nanos: u32`, an [`InodeKind`]
 //! one byte, and a [`LayoutRecord`] `stripe_unit: u32, count: u32, devices: [u16; count]`.
 //!
+//! An inode record of a special file ([`InodeKind::Fifo`], [`InodeKind::Socket`],
+//! [`InodeKind::CharDevice`], [`InodeKind::BlockDevice`]) ends with one more field,
+//! `rdev: u32` (the device number as FUSE and `stat` carry it: `makedev(major, minor)`, zero
+//! for FIFOs and sockets). Files, directories and symlinks never carry it, so their records
+//! are byte for byte what they were before special files existed: a filesystem made before
+//! then decodes unchanged, and a daemon from before then refuses only the new kinds (an
+//! unknown `inode.kind`), never misreads them. The trailing field is required for the special
+//! kinds and refused (as a body length mismatch) for the others.
+//!
 //! Decoding parses the body into the record, then checks every field with the same
 //! `validate` that callers may run before encoding.
 
@@ -50,6 +59,14 @@ pub enum InodeKind {
     Dir = 2,
     /// A symbolic link.
     Symlink = 3,
+    /// A named pipe (FIFO).
+    Fifo = 4,
+    /// A unix domain socket.
+    Socket = 5,
+    /// A character device node.
+    CharDevice = 6,
+    /// A block device node.
+    BlockDevice = 7,
 }
 
 impl InodeKind {
@@ -59,8 +76,26 @@ impl InodeKind {
             1 => Some(Self::File),
             2 => Some(Self::Dir),
             3 => Some(Self::Symlink),
+            4 => Some(Self::Fifo),
+            5 => Some(Self::Socket),
+            6 => Some(Self::CharDevice),
+            7 => Some(Self::BlockDevice),
             _ => None,
         }
+    }
+
+    /// Whether this kind is a special file (FIFO, socket or device node): no data, no
+    /// layout, and an `rdev` field in its record.
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            Self::Fifo | Self::Socket | Self::CharDevice | Self::BlockDevice
+        )
+    }
+
+    /// Whether this kind is a device node (the only kinds whose `rdev` may be non-zero).
+    pub fn is_device(self) -> bool {
+        matches!(self, Self::CharDevice | Self::BlockDevice)
     }
 }
 
@@ -197,11 +232,17 @@ pub struct InodeRecord {
     pub layout: Option<LayoutRecord>,
     /// A symlink's target (1 to [`SYMLINK_MAX`] bytes, no NUL); empty for other kinds.
     pub symlink_target: Vec<u8>,
+    /// A device node's device number (`makedev(major, minor)` as FUSE passes it); zero for
+    /// every other kind. Stored only for special kinds (see the module docs).
+    pub rdev: u32,
 }
 
 impl InodeRecord {
-    /// Checks mode, timestamps, layout against kind, and the symlink target.
+    /// Checks mode, timestamps, layout against kind, the symlink target, and that only a
+    /// device node has an `rdev`.
     pub fn validate(&self) -> Result<(), OnDiskError> {
+        let rdev_ok = self.rdev == 0 || self.kind.is_device();
+        check_field("inode.rdev", self.rdev.into(), rdev_ok)?;
         check_field("inode.mode", self.mode.into(), self.mode <= MODE_MAX)?;
         check_nanos("inode.atime.nanos", self.atime)?;
         check_nanos("inode.mtime.nanos", self.mtime)?;
@@ -216,7 +257,11 @@ impl InodeRecord {
         let allowed = match self.kind {
             InodeKind::File => present,
             InodeKind::Dir => true,
-            InodeKind::Symlink => !present,
+            InodeKind::Symlink
+            | InodeKind::Fifo
+            | InodeKind::Socket
+            | InodeKind::CharDevice
+            | InodeKind::BlockDevice => !present,
         };
         check_field("inode.layout", present.into(), allowed)?;
         self.layout.as_ref().map_or(Ok(()), LayoutRecord::validate)
@@ -253,10 +298,13 @@ impl InodeRecord {
             }
         }
         out.put_bytes32(&self.symlink_target);
+        if self.kind.is_special() {
+            out.put_u32(self.rdev);
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, OnDiskError> {
-        Ok(Self {
+        let mut record = Self {
             ino: r.u64()?,
             kind: read_kind(r)?,
             mode: r.u32()?,
@@ -269,7 +317,12 @@ impl InodeRecord {
             crtime: read_timestamp(r)?,
             layout: read_layout_option(r)?,
             symlink_target: r.bytes32()?.to_vec(),
-        })
+            rdev: 0,
+        };
+        if record.kind.is_special() {
+            record.rdev = r.u32()?;
+        }
+        Ok(record)
     }
 }
 
