@@ -14,12 +14,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::mount::{
-    Daemon, Loops, STRIPEFS, assert_fsck_clean, become_subreaper, clear_mount, image_files,
-    is_mounted, mkfs, skip_reason, stripefs, stripefs_may_fail, track, untrack_mount,
-    untrack_process,
+    Daemon, Loops, STRIPEFS, assert_fsck_clean, become_subreaper, image_files, is_mounted, mkfs,
+    skip_reason, stripefs, stripefs_may_fail,
 };
 use common::require::{Requirement, skip};
 use common::{MIB, Watchdog};
@@ -175,7 +174,7 @@ fn a_missing_member_is_named_and_files_complete_the_set() {
         &source,
         m,
     ]);
-    let daemon = HelperDaemon::from_output(&out, &mnt);
+    let daemon = Daemon::adopt(&out, &mnt, &[]);
     assert!(is_mounted(&mnt), "{}", stdout(&out));
     std::fs::write(mnt.join("g"), b"three members").expect("write");
     daemon.unmount();
@@ -228,76 +227,6 @@ impl Drop for HelperLink {
     }
 }
 
-/// A daemon started by the helper (or `stripefs mount --daemon`, read from its output): on
-/// drop, unmounted and waited for.
-struct HelperDaemon {
-    mnt: PathBuf,
-    pid: i32,
-    reaped: bool,
-}
-
-impl HelperDaemon {
-    fn from_output(out: &Output, mnt: &Path) -> HelperDaemon {
-        let text = stdout(out);
-        let pid = text
-            .split("daemon pid ")
-            .nth(1)
-            .and_then(|s| s.trim().trim_end_matches(')').parse::<i32>().ok())
-            .unwrap_or_else(|| panic!("no daemon pid in `{text}` ({})", stderr(out)));
-        track(mnt, pid);
-        HelperDaemon {
-            mnt: mnt.to_path_buf(),
-            pid,
-            reaped: false,
-        }
-    }
-
-    /// A plain `umount`; the daemon must then exit 0.
-    fn unmount(mut self) {
-        let out = Command::new("umount")
-            .arg(&self.mnt)
-            .output()
-            .expect("umount");
-        assert!(out.status.success(), "umount: {}", stderr(&out));
-        untrack_mount(&self.mnt);
-        assert_eq!(self.wait(Duration::from_secs(20)), Some(0), "daemon exit");
-    }
-
-    fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            let mut status = 0;
-            // SAFETY: `status` is a valid out-pointer; we are the daemon's subreaper.
-            let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-            if rc == self.pid {
-                self.reaped = true;
-                untrack_process(self.pid);
-                return Some(if libc::WIFEXITED(status) {
-                    libc::WEXITSTATUS(status)
-                } else {
-                    128 + libc::WTERMSIG(status)
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for HelperDaemon {
-    fn drop(&mut self) {
-        if self.reaped {
-            return;
-        }
-        clear_mount(&self.mnt);
-        if self.wait(Duration::from_secs(10)).is_none() {
-            // SAFETY: kill with our descendant's pid touches no memory.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
-            let _ = self.wait(Duration::from_secs(10));
-        }
-    }
-}
-
 fn mount_cmd(args: &[&str]) -> Output {
     Command::new("mount")
         .args(args)
@@ -320,7 +249,7 @@ fn mount_t_stripefs_runs_the_helper_with_options() {
     let member = fx.loops.devices[2].to_str().expect("UTF-8");
     let out = mount_cmd(&["-t", "stripefs", "-o", &opts, member, m]);
     assert!(out.status.success(), "mount -t stripefs: {}", stderr(&out));
-    let daemon = HelperDaemon::from_output(&out, &mnt);
+    let daemon = Daemon::adopt(&out, &mnt, &[]);
     assert!(is_mounted(&mnt), "mount returned but nothing is mounted");
     std::fs::write(mnt.join("h"), b"through mount(8)").expect("write");
     daemon.unmount();
@@ -343,7 +272,7 @@ fn mount_t_stripefs_runs_the_helper_with_options() {
         .output()
         .expect("run the helper");
     assert!(out.status.success(), "{HELPER} UUID=…: {}", stderr(&out));
-    let daemon = HelperDaemon::from_output(&out, &mnt);
+    let daemon = Daemon::adopt(&out, &mnt, &[]);
     assert_eq!(
         std::fs::read(mnt.join("h")).expect("read"),
         b"through mount(8)"
@@ -407,7 +336,7 @@ fn an_fstab_line_mounts_with_mount_mnt() {
     .expect("write fstab");
     let out = mount_cmd(&["--fstab", fstab.to_str().expect("UTF-8"), m]);
     assert!(out.status.success(), "mount {m} (fstab): {}", stderr(&out));
-    let daemon = HelperDaemon::from_output(&out, &mnt);
+    let daemon = Daemon::adopt(&out, &mnt, &[]);
     assert!(is_mounted(&mnt));
     std::fs::write(mnt.join("from-fstab"), b"fstab").expect("write");
     daemon.unmount();

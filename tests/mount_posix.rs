@@ -14,67 +14,15 @@ use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use common::mount::{
-    Daemon, assert_errno, assert_fsck_clean, contents, cpath, free_space, getxattr, image_files,
-    listxattr, mkfs, removexattr, setxattr, skip_reason,
+    assert_errno, contents, cpath, free_space, getxattr, listxattr, removexattr, setxattr,
 };
-use common::{MIB, Watchdog, assert_bytes};
+use common::{MIB, assert_bytes};
 
-/// A filesystem on four 64 MiB file-backed devices, mounted by a daemon.
-struct Fixture {
-    // Fields drop in order: the daemon before the scratch directory.
-    daemon: Option<Daemon>,
-    images: Vec<PathBuf>,
-    mnt: PathBuf,
-    _watchdog: Watchdog,
-    _scratch: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new(name: &'static str, mkfs_args: &[&str]) -> Option<Fixture> {
-        if let Some(reason) = skip_reason(false) {
-            println!("skipped: {reason}");
-            return None;
-        }
-        let watchdog = Watchdog::new(name, Duration::from_secs(90));
-        let scratch = common::scratch_dir();
-        let images = image_files(scratch.path(), 4, 64 * MIB);
-        mkfs(&images, mkfs_args);
-        let mnt = scratch.path().join("mnt");
-        let daemon = Daemon::mount(&images, &mnt);
-        Some(Fixture {
-            daemon: Some(daemon),
-            images,
-            mnt,
-            _watchdog: watchdog,
-            _scratch: scratch,
-        })
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.mnt.join(rel)
-    }
-
-    /// `umount` (the daemon must exit 0), then mount again.
-    fn remount(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.unmount();
-        }
-        self.daemon = Some(Daemon::mount(&self.images, &self.mnt));
-    }
-
-    /// Unmounts; fsck must find the filesystem clean.
-    fn finish(mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.unmount();
-        }
-        assert_fsck_clean(&self.images);
-    }
-}
+use common::mount::MountedFs as Fixture;
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
@@ -104,7 +52,7 @@ fn renameat2(from: &Path, to: &Path, flags: u32) -> std::io::Result<()> {
 
 #[test]
 fn rename_replaces_moves_and_honours_flags() {
-    let Some(mut fx) = Fixture::new("rename", &[]) else {
+    let Some(mut fx) = Fixture::new("rename", &[], &[]) else {
         return;
     };
     let (a, b, c) = (fx.path("a"), fx.path("b"), fx.path("c"));
@@ -199,7 +147,7 @@ fn rename_replaces_moves_and_honours_flags() {
 
 #[test]
 fn unlinked_open_file_lives_until_closed() {
-    let Some(mut fx) = Fixture::new("unlink_open", &[]) else {
+    let Some(mut fx) = Fixture::new("unlink_open", &[], &[]) else {
         return;
     };
     let path = fx.path("doomed");
@@ -253,7 +201,7 @@ fn unlinked_open_file_lives_until_closed() {
 
 #[test]
 fn truncate_down_then_up_reads_zeros() {
-    let Some(mut fx) = Fixture::new("truncate", &["--stripe-unit", "64K"]) else {
+    let Some(mut fx) = Fixture::new("truncate", &["--stripe-unit", "64K"], &[]) else {
         return;
     };
     let path = fx.path("t");
@@ -319,7 +267,7 @@ fn truncate_down_then_up_reads_zeros() {
 
 #[test]
 fn sparse_files_read_zeros_and_take_no_space() {
-    let Some(mut fx) = Fixture::new("sparse", &[]) else {
+    let Some(mut fx) = Fixture::new("sparse", &[], &[]) else {
         return;
     };
     let path = fx.path("sparse");
@@ -360,7 +308,7 @@ fn sparse_files_read_zeros_and_take_no_space() {
 
 #[test]
 fn large_directory_lists_and_removes_every_entry() {
-    let Some(mut fx) = Fixture::new("large_dir", &[]) else {
+    let Some(mut fx) = Fixture::new("large_dir", &[], &[]) else {
         return;
     };
     const N: usize = 3000;
@@ -400,7 +348,7 @@ fn large_directory_lists_and_removes_every_entry() {
 
 #[test]
 fn symlinks_and_hard_links() {
-    let Some(mut fx) = Fixture::new("links", &[]) else {
+    let Some(mut fx) = Fixture::new("links", &[], &[]) else {
         return;
     };
     let target = fx.path("target");
@@ -494,7 +442,7 @@ const POSIX_ACL_644: &[u8] = &[
 
 #[test]
 fn xattrs_and_the_layout_attribute() {
-    let Some(mut fx) = Fixture::new("xattrs", &["--stripe-unit", "128K"]) else {
+    let Some(mut fx) = Fixture::new("xattrs", &["--stripe-unit", "128K"], &[]) else {
         return;
     };
     let f = fx.path("f");
@@ -637,7 +585,7 @@ fn xattrs_and_the_layout_attribute() {
 
 #[test]
 fn names_too_long_are_refused() {
-    let Some(fx) = Fixture::new("names", &[]) else {
+    let Some(fx) = Fixture::new("names", &[], &[]) else {
         return;
     };
     let max = "n".repeat(255);
@@ -694,7 +642,7 @@ fn as_nobody(script: &str) -> std::process::Output {
 
 #[test]
 fn permissions_are_checked_by_the_kernel() {
-    let Some(fx) = Fixture::new("permissions", &[]) else {
+    let Some(fx) = Fixture::new("permissions", &[], &[]) else {
         return;
     };
     if common::require::skip(&[common::require::Requirement::Tool("setpriv")]) {
@@ -760,7 +708,7 @@ fn permissions_are_checked_by_the_kernel() {
 
 #[test]
 fn statfs_mknod_mmap_and_exec() {
-    let Some(fx) = Fixture::new("misc", &[]) else {
+    let Some(fx) = Fixture::new("misc", &[], &[]) else {
         return;
     };
     let (free, frsize) = free_space(&fx.mnt);

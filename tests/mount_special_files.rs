@@ -13,76 +13,22 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use common::mount::{
-    Daemon, assert_errno, assert_fsck_clean, contents, cpath, image_files, mkfs, skip_reason,
-    stripefs,
-};
-use common::{MIB, Watchdog};
+use common::mount::MountedFs as Fixture;
+use common::mount::{assert_errno, contents, cpath, stripefs};
 
-/// A filesystem on four 64 MiB file-backed devices, mounted by a daemon with `extra`
-/// arguments.
-struct Fixture {
-    // Fields drop in order: the daemon before the scratch directory.
-    daemon: Option<Daemon>,
-    images: Vec<PathBuf>,
-    mnt: PathBuf,
-    extra: &'static [&'static str],
-    _watchdog: Watchdog,
-    _scratch: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new(name: &'static str, extra: &'static [&'static str]) -> Option<Fixture> {
-        if let Some(reason) = skip_reason(false) {
-            println!("skipped: {reason}");
-            return None;
-        }
-        let watchdog = Watchdog::new(name, Duration::from_secs(90));
-        let scratch = common::scratch_dir();
-        let images = image_files(scratch.path(), 4, 64 * MIB);
-        mkfs(&images, &[]);
-        let mnt = scratch.path().join("mnt");
-        let daemon = Daemon::mount_with(&images, &mnt, extra);
-        Some(Fixture {
-            daemon: Some(daemon),
-            images,
-            mnt,
-            extra,
-            _watchdog: watchdog,
-            _scratch: scratch,
-        })
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.mnt.join(rel)
-    }
-
-    /// `umount` (the daemon must exit 0), then mount again.
-    fn remount(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.unmount();
-        }
-        self.daemon = Some(Daemon::mount_with(&self.images, &self.mnt, self.extra));
-    }
-
-    /// Unmounts; fsck must find the filesystem clean and count `special` special files.
-    fn finish(mut self, special: usize) {
-        if let Some(d) = self.daemon.take() {
-            d.unmount();
-        }
-        assert_fsck_clean(&self.images);
-        let mut args = vec!["fsck"];
-        args.extend(self.images.iter().map(|p| p.to_str().expect("UTF-8")));
-        let out = stripefs(&args);
-        let report = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            report.contains(&format!("{special} special files")),
-            "fsck should count {special} special files:\n{report}"
-        );
-    }
+/// Unmounts; fsck must find the filesystem clean and count `special` special files.
+fn finish(mut fx: Fixture, special: usize) {
+    fx.unmount_clean();
+    let mut args = vec!["fsck"];
+    args.extend(fx.images.iter().map(|p| p.to_str().expect("UTF-8")));
+    let out = stripefs(&args);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!("{special} special files")),
+        "fsck should count {special} special files:\n{report}"
+    );
 }
 
 fn mknod(path: &Path, mode: u32, major: u32, minor: u32) -> std::io::Result<()> {
@@ -149,7 +95,7 @@ fn pass_through_fifo(path: &Path, data: &[u8]) {
 
 #[test]
 fn fifo_passes_bytes_between_a_writer_and_a_reader() {
-    let Some(mut fx) = Fixture::new("fifo", &[]) else {
+    let Some(mut fx) = Fixture::new("fifo", &[], &[]) else {
         return;
     };
     let fifo = fx.path("pipe");
@@ -179,12 +125,12 @@ fn fifo_passes_bytes_between_a_writer_and_a_reader() {
     fx.remount();
     assert_eq!(format_of(&fifo), libc::S_IFIFO);
     pass_through_fifo(&fifo, &contents(12, 70_000));
-    fx.finish(1);
+    finish(fx, 1);
 }
 
 #[test]
 fn unix_socket_bound_on_the_mount_talks_to_a_client() {
-    let Some(mut fx) = Fixture::new("socket", &[]) else {
+    let Some(mut fx) = Fixture::new("socket", &[], &[]) else {
         return;
     };
     let path = fx.path("srv.sock");
@@ -228,12 +174,12 @@ fn unix_socket_bound_on_the_mount_talks_to_a_client() {
     s.read_exact(&mut one).expect("read");
     assert_eq!(&one, b"x");
     drop((c, s, listener));
-    fx.finish(2);
+    finish(fx, 2);
 }
 
 #[test]
 fn device_nodes_keep_major_minor_and_open_as_devices_on_a_dev_mount() {
-    let Some(mut fx) = Fixture::new("devices", &["-o", "dev"]) else {
+    let Some(mut fx) = Fixture::new("devices", &[], &["-o", "dev"]) else {
         return;
     };
     let null = fx.path("null");
@@ -269,12 +215,12 @@ fn device_nodes_keep_major_minor_and_open_as_devices_on_a_dev_mount() {
     use_null(&null);
     // Still empty: the data went to the driver.
     assert_eq!(lstat(&null).len(), 0);
-    fx.finish(2);
+    finish(fx, 2);
 }
 
 #[test]
 fn device_nodes_do_not_open_on_a_nodev_mount() {
-    let Some(fx) = Fixture::new("nodev", &[]) else {
+    let Some(fx) = Fixture::new("nodev", &[], &[]) else {
         return;
     };
     let null = fx.path("null");
@@ -285,7 +231,7 @@ fn device_nodes_do_not_open_on_a_nodev_mount() {
         OpenOptions::new().write(true).open(&null),
         libc::EACCES,
     );
-    fx.finish(1);
+    finish(fx, 1);
 }
 
 /// The type `readdir` reports (`d_type`; std does not stat when the entry carries it).
@@ -348,7 +294,7 @@ fn raw_d_types(dir: &Path) -> Vec<(String, u8)> {
 
 #[test]
 fn every_file_type_in_readdir_and_namespace_operations() {
-    let Some(mut fx) = Fixture::new("readdir types", &[]) else {
+    let Some(mut fx) = Fixture::new("readdir types", &[], &[]) else {
         return;
     };
     let d = fx.path("d");
@@ -438,5 +384,5 @@ fn every_file_type_in_readdir_and_namespace_operations() {
     fx.remount();
     assert_eq!(format_of(&d.join("fifo2")), libc::S_IFIFO);
     // fifo2, file (a char device now) and blk.
-    fx.finish(3);
+    finish(fx, 3);
 }

@@ -274,22 +274,36 @@ impl Daemon {
         args.extend(strs(devices));
         args.push(mountpoint.to_str().expect("UTF-8"));
         let out = stripefs(&args);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let pid = stdout
-            .split("daemon pid ")
-            .nth(1)
-            .and_then(|s| s.trim().trim_end_matches(')').parse::<i32>().ok())
-            .unwrap_or_else(|| panic!("no daemon pid in `{stdout}`"));
+        let daemon = Daemon::adopt(&out, mountpoint, devices);
         assert!(
             is_mounted(mountpoint),
             "`stripefs mount --daemon` returned but {} is not mounted",
             mountpoint.display()
         );
+        daemon
+    }
+
+    /// The daemon that a command which printed `daemon pid N` started on `mountpoint`
+    /// (`stripefs mount --daemon`, or the `mount.stripefs` helper run by mount(8)); its log
+    /// is `MOUNTPOINT.log` if it was asked to write one there.
+    #[track_caller]
+    pub fn adopt(out: &Output, mountpoint: &Path, devices: &[PathBuf]) -> Daemon {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let pid = stdout
+            .split("daemon pid ")
+            .nth(1)
+            .and_then(|s| s.trim().trim_end_matches(')').parse::<i32>().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no daemon pid in `{stdout}` ({})",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
         track(mountpoint, pid);
         Daemon {
             mountpoint: mountpoint.to_path_buf(),
             pid,
-            log,
+            log: mountpoint.with_extension("log"),
             devices: devices.to_vec(),
             reaped: false,
         }
@@ -694,4 +708,66 @@ pub fn setup(
     let images = image_files(scratch.path(), 4, size);
     mkfs(&images, mkfs_args);
     Some((watchdog, scratch, images))
+}
+
+/// A filesystem on four 64 MiB file-backed devices (made with `mkfs_args`), mounted by a
+/// daemon with `mount_args`; unmounted and cleared on drop.
+pub struct MountedFs {
+    // Fields drop in order: the daemon before the scratch directory.
+    daemon: Option<Daemon>,
+    pub images: Vec<PathBuf>,
+    pub mnt: PathBuf,
+    mount_args: Vec<String>,
+    _watchdog: super::Watchdog,
+    _scratch: tempfile::TempDir,
+}
+
+impl MountedFs {
+    /// `None` (the test skips) where FUSE is missing, unless required.
+    pub fn new(name: &'static str, mkfs_args: &[&str], mount_args: &[&str]) -> Option<MountedFs> {
+        if let Some(reason) = skip_reason(false) {
+            println!("skipped: {reason}");
+            return None;
+        }
+        let watchdog = super::Watchdog::new(name, Duration::from_secs(90));
+        let scratch = super::scratch_dir();
+        let images = image_files(scratch.path(), 4, 64 * super::MIB);
+        mkfs(&images, mkfs_args);
+        let mnt = scratch.path().join("mnt");
+        let daemon = Daemon::mount_with(&images, &mnt, mount_args);
+        Some(MountedFs {
+            daemon: Some(daemon),
+            images,
+            mnt,
+            mount_args: mount_args.iter().map(|a| a.to_string()).collect(),
+            _watchdog: watchdog,
+            _scratch: scratch,
+        })
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// `umount` (the daemon must exit 0), then mount again.
+    pub fn remount(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.unmount();
+        }
+        let args: Vec<&str> = self.mount_args.iter().map(String::as_str).collect();
+        self.daemon = Some(Daemon::mount_with(&self.images, &self.mnt, &args));
+    }
+
+    /// Unmounts; fsck must find the filesystem clean.
+    pub fn finish(mut self) {
+        self.unmount_clean();
+    }
+
+    /// Unmounts (the devices stay until drop); fsck must find the filesystem clean.
+    pub fn unmount_clean(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.unmount();
+        }
+        assert_fsck_clean(&self.images);
+    }
 }
