@@ -4,12 +4,12 @@
 use std::collections::{HashMap, HashSet};
 
 use stripefs_engine::DeviceQueue;
-use stripefs_layout::ondisk::{InodeKind, Record};
+use stripefs_layout::ondisk::{InodeKind, Record, Superblock};
 
 use super::bounce::BouncePool;
 use super::error::FsError;
 use super::format::{self, BLOCK_SIZE, stripe_layout};
-use super::journal::{self, Journal};
+use super::journal::{self, Journal, Loaded};
 use crate::meta::alloc::Allocator;
 use crate::meta::{self, Metadata, ROOT};
 
@@ -44,31 +44,56 @@ impl FsckReport {
 /// metadata at all (bad superblocks, wrong device set, no valid checkpoint) are returned as
 /// `Err`; everything else is collected in the report.
 pub fn fsck(devices: &[DeviceQueue]) -> Result<FsckReport, FsError> {
-    let pool = BouncePool::new(u64::MAX - 1, devices);
-    let superblocks = format::check_device_set(devices, &pool)?;
-    let loaded = Journal::load(devices, &pool, journal::areas(&superblocks))?;
+    let read = read_metadata(devices, u64::MAX - 1)?;
     let mut report = FsckReport {
-        checkpoint_generation: loaded.journal.generation(),
-        log_entries: loaded.log_entries,
-        passed_over: loaded.skipped.clone(),
+        checkpoint_generation: read.loaded.journal.generation(),
+        log_entries: read.loaded.log_entries,
+        passed_over: read.loaded.passed_over.clone(),
+        problems: read.unapplied,
         ..FsckReport::default()
     };
-    let mut metadata = Metadata::default();
+    check_metadata(&read.meta, &read.superblocks, devices, &mut report);
+    Ok(report)
+}
+
+/// The metadata on the devices as mount would rebuild it, read without writing anything.
+pub(super) struct ReadMetadata {
+    pub pool: BouncePool,
+    pub superblocks: Vec<Superblock>,
+    pub loaded: Loaded,
+    pub meta: Metadata,
+    /// The records that did not apply, one line each.
+    pub unapplied: Vec<String>,
+}
+
+/// Reads the superblocks, the newest whole checkpoint and its log, and applies the records.
+pub(super) fn read_metadata(
+    devices: &[DeviceQueue],
+    pool_id: u64,
+) -> Result<ReadMetadata, FsError> {
+    let pool = BouncePool::new(pool_id, devices);
+    let superblocks = format::check_device_set(devices, &pool)?;
+    let loaded = Journal::load(devices, &pool, journal::areas(&superblocks))?;
+    let mut meta = Metadata::default();
+    let mut unapplied = Vec::new();
     for (i, r) in loaded.records.iter().enumerate() {
-        if let Err(e) = metadata.apply(r) {
-            report
-                .problems
-                .push(format!("metadata record {i} ({}): {e}", describe(r)));
+        if let Err(e) = meta.apply(r) {
+            unapplied.push(format!("metadata record {i} ({}): {e}", describe(r)));
         }
     }
-    check_metadata(&metadata, &superblocks, devices, &mut report);
-    Ok(report)
+    Ok(ReadMetadata {
+        pool,
+        superblocks,
+        loaded,
+        meta,
+        unapplied,
+    })
 }
 
 /// Every check of metadata loaded in memory, into `report`.
 pub(super) fn check_metadata(
     meta: &Metadata,
-    superblocks: &[stripefs_layout::ondisk::Superblock],
+    superblocks: &[Superblock],
     devices: &[DeviceQueue],
     report: &mut FsckReport,
 ) {

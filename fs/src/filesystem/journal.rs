@@ -69,7 +69,7 @@ pub(crate) struct Loaded {
     /// Checkpoints with a whole header that did not load (a newer one torn by a crash, or
     /// one replica's copy of this one), and why (for fsck). Slots never written are not
     /// listed.
-    pub skipped: Vec<String>,
+    pub passed_over: Vec<String>,
 }
 
 impl Journal {
@@ -140,7 +140,7 @@ impl Journal {
                                 },
                                 records,
                                 log_entries: entries,
-                                skipped: passed_over.clone(),
+                                passed_over: passed_over.clone(),
                             });
                         }
                     }

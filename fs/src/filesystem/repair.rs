@@ -15,11 +15,9 @@
 use stripefs_engine::DeviceQueue;
 use stripefs_layout::ondisk::Record;
 
-use super::bounce::BouncePool;
 use super::error::FsError;
-use super::format::{self, BLOCK_SIZE, stripe_layout};
-use super::fsck::{self, FsckReport};
-use super::journal::{self, Journal};
+use super::format::{BLOCK_SIZE, stripe_layout};
+use super::fsck::{self, FsckReport, ReadMetadata};
 use crate::meta::{Metadata, freed_all};
 
 /// What `repair` did.
@@ -44,30 +42,28 @@ impl RepairReport {
 /// reading the metadata at all (bad superblocks, wrong device set, no valid checkpoint on
 /// any replica) are returned as `Err`, with nothing written.
 pub fn repair(devices: &[DeviceQueue]) -> Result<RepairReport, FsError> {
-    let pool = BouncePool::new(u64::MAX - 2, devices);
-    let superblocks = format::check_device_set(devices, &pool)?;
-    let mut loaded = Journal::load(devices, &pool, journal::areas(&superblocks))?;
+    let ReadMetadata {
+        pool,
+        superblocks,
+        mut loaded,
+        mut meta,
+        unapplied,
+    } = fsck::read_metadata(devices, u64::MAX - 2)?;
     let mut report = RepairReport {
         checkpoint_generation: loaded.journal.generation(),
         ..RepairReport::default()
     };
-    if !loaded.skipped.is_empty() {
+    if !loaded.passed_over.is_empty() {
         report.repaired.push(format!(
             "rebuilt the metadata from checkpoint generation {} and its {} log entries, passing over: {}",
             loaded.journal.generation(),
             loaded.log_entries,
-            loaded.skipped.join("; ")
+            loaded.passed_over.join("; ")
         ));
     }
-    let mut meta = Metadata::default();
-    for (i, r) in loaded.records.iter().enumerate() {
-        if let Err(e) = meta.apply(r) {
-            report.refused.push(format!(
-                "metadata record {i} ({}) does not apply: {e}; which of the records is right cannot be told",
-                fsck::describe(r)
-            ));
-        }
-    }
+    report.refused.extend(unapplied.into_iter().map(|u| {
+        format!("{u}: the record does not apply; which of the records is right cannot be told")
+    }));
     if !report.refused.is_empty() {
         return Ok(report);
     }
