@@ -313,7 +313,7 @@ fn accept_loop(shared: &Arc<ServerShared>) {
         let spawned = std::thread::Builder::new()
             .name(format!("stripefs ctl {id}"))
             .spawn(move || {
-                connection::serve(&conn_shared, &conn);
+                connection::messages::serve(&conn_shared, &conn);
                 conn_shared.connections.lock().remove(&conn.id());
             });
         let mut threads = shared.threads.lock();

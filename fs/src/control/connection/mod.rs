@@ -1,0 +1,86 @@
+//! One client connection: control messages, its registrations (handles), its ring, and the
+//! workers that run its requests.
+//!
+//! - [`handles`]: the connection's registrations, named by salted handles;
+//! - [`register`]: registering, unregistering and migrating a client's buffer;
+//! - [`messages`]: the control-message loop, and what closing a connection releases;
+//! - [`hello`] and [`rings`]: the shared-memory ring a connection gets at `Hello`, its
+//!   state and its threads;
+//! - [`requests`]: taking requests off the ring, checking them and running them, with
+//!   [`direct`] for the aligned reads the ring thread runs itself.
+
+mod direct;
+mod handles;
+mod hello;
+pub(crate) mod messages;
+mod register;
+mod requests;
+mod rings;
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+use parking_lot::{Mutex, RwLock};
+use stripefs_mapping::Buffer;
+
+use super::proto::{RegistrationStat, Reply};
+use super::sys::{self, PeerCred};
+use handles::HandleTable;
+use rings::RingThreads;
+
+/// A client connection.
+pub(crate) struct Connection {
+    id: u64,
+    cred: PeerCred,
+    socket: OwnedFd,
+    handles: RwLock<HandleTable>,
+    /// The daemon's view of each of the client's memfds, by (st_dev, st_ino), so that one
+    /// memfd registered against several files is one buffer (and migrates as one).
+    buffers: Mutex<HashMap<(u64, u64), Buffer>>,
+    ring: Mutex<Option<RingThreads>>,
+}
+
+impl Connection {
+    pub(crate) fn new(id: u64, socket: OwnedFd) -> Self {
+        let cred = sys::peer_cred(socket.as_fd()).unwrap_or_default();
+        Connection {
+            id,
+            cred,
+            socket,
+            handles: RwLock::new(HandleTable::new()),
+            buffers: Mutex::new(HashMap::new()),
+            ring: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Wakes the connection's thread so that it closes the connection.
+    pub(crate) fn hang_up(&self) {
+        sys::shutdown(self.socket.as_fd());
+    }
+
+    pub(crate) fn registration_stats(&self) -> Vec<RegistrationStat> {
+        self.handles
+            .read()
+            .iter()
+            .map(|r| RegistrationStat {
+                mapping: r.mapping.id(),
+                ino: r.ino,
+                connection: self.id,
+                pid: self.cred.pid,
+                access: r.access,
+                buffer_len: r.mapping.buffer_len(),
+                requests: r.requests.load(Ordering::Relaxed),
+                migrations: r.buffer.migrations() as u32,
+            })
+            .collect()
+    }
+}
+
+/// What handling a control message gives: the reply and the descriptors it carries, or an
+/// errno.
+type Handled = Result<(Reply, Vec<OwnedFd>), i32>;

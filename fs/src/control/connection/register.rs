@@ -1,0 +1,167 @@
+//! Registering a client's memfd against a file, and moving a registered buffer's pages.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use stripefs_mapping::{Buffer, MappingError, Memory};
+
+use super::super::proto::{
+    ACCESS_READ, ACCESS_WRITE, MigrateReply, REGISTER_DMABUF, RegisterReply, Reply,
+};
+use super::super::server::ServerShared;
+use super::super::sys;
+use super::handles::Registration;
+use super::{Connection, Handled};
+
+fn mapping_errno(e: &MappingError) -> i32 {
+    match e {
+        MappingError::NotSealed { .. } => libc::EPERM,
+        MappingError::Os { source, .. } => source.raw_os_error().unwrap_or(libc::EINVAL),
+        MappingError::EmptyBuffer
+        | MappingError::BufferTooLarge { .. }
+        | MappingError::OutOfBuffer { .. }
+        | MappingError::HugePagesUnavailable { .. } => libc::EINVAL,
+        MappingError::UdmabufUnavailable { .. } => libc::ENODEV,
+        MappingError::Revoked { .. } => libc::EBADF,
+        MappingError::Attach { .. } => libc::ENXIO,
+    }
+}
+
+/// The access a descriptor grants, from its open mode; O_PATH descriptors grant none.
+fn access_of(fd: &OwnedFd) -> Result<u32, i32> {
+    let flags =
+        sys::status_flags(fd.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
+    if flags & libc::O_PATH != 0 {
+        return Err(libc::EBADF);
+    }
+    Ok(match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => ACCESS_READ,
+        libc::O_WRONLY => ACCESS_WRITE,
+        libc::O_RDWR => ACCESS_READ | ACCESS_WRITE,
+        _ => return Err(libc::EBADF),
+    })
+}
+
+/// Checks a buffer descriptor's size and returns its identity.
+fn buffer_identity(server: &ServerShared, fd: &OwnedFd) -> Result<((u64, u64), u64), i32> {
+    let st = sys::fstat(fd.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(libc::EINVAL);
+    }
+    let len = u64::try_from(st.st_size).map_err(|_| libc::EINVAL)?;
+    if len > server.options.max_buffer_len {
+        return Err(libc::EFBIG);
+    }
+    Ok(((st.st_dev, st.st_ino), len))
+}
+
+pub(super) fn register(
+    server: &Arc<ServerShared>,
+    conn: &Arc<Connection>,
+    flags: u32,
+    fds: Vec<OwnedFd>,
+) -> Handled {
+    let mut fds = fds.into_iter();
+    let (Some(file), Some(buffer_fd)) = (fds.next(), fds.next()) else {
+        return Err(libc::EINVAL);
+    };
+    if flags & REGISTER_DMABUF != 0 {
+        // The buffer model maps memfd pages; a dma-buf's pages cannot be pinned for io_uring
+        // through its own mmap, so dma-buf descriptors are not imported (yet).
+        return Err(if stripefs_mapping::udmabuf::available() {
+            libc::EOPNOTSUPP
+        } else {
+            libc::ENODEV
+        });
+    }
+    let st = sys::fstat(file.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
+    let ino = server.files.identify(&st)?;
+    let access = access_of(&file)?;
+    drop(file);
+    if conn.handles.read().live >= server.options.max_registrations {
+        return Err(libc::EMFILE);
+    }
+    let (key, _) = buffer_identity(server, &buffer_fd)?;
+    let buffer = {
+        let mut buffers = conn.buffers.lock();
+        match buffers.get(&key) {
+            Some(b) => b.clone(),
+            None => {
+                let b = Buffer::from_memfd(buffer_fd).map_err(|e| mapping_errno(&e))?;
+                buffers.insert(key, b.clone());
+                b
+            }
+        }
+    };
+    let mapping = match server.fs.register(ino, &buffer) {
+        Ok(m) => m,
+        Err(e) => {
+            forget_buffer_if_unused(conn, &buffer);
+            return Err(e.errno());
+        }
+    };
+    let reply = RegisterReply {
+        handle: 0,
+        ino,
+        buffer_len: mapping.buffer_len(),
+        access,
+        devices: mapping.device_count() as u32,
+    };
+    let reg = Arc::new(Registration {
+        ino,
+        mapping,
+        buffer,
+        access,
+        requests: AtomicU64::new(0),
+    });
+    let handle = conn.handles.write().insert(reg);
+    Ok((
+        Reply::Register(RegisterReply { handle, ..reply }),
+        Vec::new(),
+    ))
+}
+
+/// Drops the daemon's view of `buffer` when no registration of the connection uses it.
+pub(super) fn forget_buffer_if_unused(conn: &Connection, buffer: &Buffer) {
+    let handles = conn.handles.read();
+    if handles.iter().any(|r| r.buffer.id() == buffer.id()) {
+        return;
+    }
+    conn.buffers.lock().retain(|_, b| b.id() != buffer.id());
+}
+
+pub(super) fn migrate(
+    server: &Arc<ServerShared>,
+    conn: &Arc<Connection>,
+    handle: u64,
+    fds: Vec<OwnedFd>,
+) -> Handled {
+    let fd = fds.into_iter().next().ok_or(libc::EINVAL)?;
+    let reg = conn.handles.read().get(handle).ok_or(libc::EBADF)?;
+    let (key, len) = buffer_identity(server, &fd)?;
+    if len < reg.buffer.len() {
+        return Err(libc::EINVAL);
+    }
+    let mut buffers = conn.buffers.lock();
+    if buffers.contains_key(&key) {
+        // Already one of this connection's buffers: two buffers would share pages.
+        return Err(libc::EBUSY);
+    }
+    let memory = Memory::from_memfd(fd).map_err(|e| mapping_errno(&e))?;
+    let report = reg
+        .buffer
+        .migrate_to(memory)
+        .map_err(|e| mapping_errno(&e))?;
+    buffers.retain(|_, b| b.id() != reg.buffer.id());
+    buffers.insert(key, reg.buffer.clone());
+    Ok((
+        Reply::Migrate(MigrateReply {
+            drain_ns: report.drain.as_nanos() as u64,
+            copy_ns: report.copy.as_nanos() as u64,
+            total_ns: report.total.as_nanos() as u64,
+            mappings: report.mappings as u32,
+        }),
+        Vec::new(),
+    ))
+}

@@ -1,0 +1,126 @@
+//! The state of a connection's shared-memory ring: its doorbells, its completion queue, the
+//! jobs waiting for workers, and the threads that serve it.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::super::ring::{Cqe, RingView, Sqe, WAITING};
+use super::super::server::ServerShared;
+use super::super::sys;
+use super::handles::Registration;
+
+pub(super) struct CqState {
+    /// Our copy of cq_tail (never read back from the shared memory).
+    pub(super) tail: u32,
+    /// Requests taken off the submission queue whose completion is not posted yet.
+    pub(super) reserved: u32,
+}
+
+pub(super) struct Job {
+    pub(super) reg: Arc<Registration>,
+    pub(super) sqe: Sqe,
+}
+
+pub(super) struct JobQueue {
+    pub(super) queue: VecDeque<Job>,
+    pub(super) closed: bool,
+}
+
+pub(super) struct RingState {
+    pub(super) view: RingView,
+    pub(super) sq_doorbell: OwnedFd,
+    pub(super) cq_doorbell: OwnedFd,
+    pub(super) stop: OwnedFd,
+    pub(super) stopping: AtomicBool,
+    pub(super) cq: Mutex<CqState>,
+    pub(super) jobs: Mutex<JobQueue>,
+    pub(super) jobs_ready: Condvar,
+}
+
+pub(super) struct RingThreads {
+    pub(super) ring: Arc<RingState>,
+    pub(super) threads: Vec<JoinHandle<()>>,
+}
+
+impl RingThreads {
+    /// Stops taking requests, cancels queued ones, lets running ones complete, and waits.
+    pub(super) fn stop(mut self) {
+        self.ring.stopping.store(true, Ordering::Release);
+        sys::ring_doorbell(self.ring.stop.as_fd());
+        // The ring thread may be sleeping on its reads in flight and the client's doorbell.
+        sys::ring_doorbell(self.ring.sq_doorbell.as_fd());
+        {
+            let mut jobs = self.ring.jobs.lock();
+            jobs.closed = true;
+            self.ring.jobs_ready.notify_all();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl RingState {
+    /// Space for completions not yet promised: the ring size less requests in progress and
+    /// completions the client has not consumed. `None` if the client's cq_head is impossible.
+    pub(super) fn room(&self, cq: &CqState) -> Option<u32> {
+        let head = self.view.cq_head().load(Ordering::Acquire);
+        let unconsumed = cq.tail.wrapping_sub(head);
+        let entries = self.view.layout().cq_entries;
+        if unconsumed > entries {
+            return None;
+        }
+        Some(
+            entries
+                .saturating_sub(unconsumed)
+                .saturating_sub(cq.reserved),
+        )
+    }
+
+    /// Posts the completion of a request taken off the ring, and rings the client's doorbell
+    /// if a thread of it sleeps.
+    pub(super) fn complete(&self, tag: u64, result: i64) {
+        self.complete_all(std::iter::once(Cqe { tag, result }));
+    }
+
+    /// Posts completions together: one tail update and at most one doorbell for all.
+    pub(super) fn complete_all(&self, cqes: impl Iterator<Item = Cqe>) {
+        {
+            let mut cq = self.cq.lock();
+            for cqe in cqes {
+                self.view.write_cqe(cq.tail, &cqe);
+                cq.tail = cq.tail.wrapping_add(1);
+                cq.reserved = cq.reserved.saturating_sub(1);
+            }
+            self.view.cq_tail().store(cq.tail, Ordering::Release);
+        }
+        // Pairs with the client's store of WAITING and its re-check of cq_tail.
+        fence(Ordering::SeqCst);
+        if self.view.cq_flags().load(Ordering::Relaxed) & WAITING != 0 {
+            sys::ring_doorbell(self.cq_doorbell.as_fd());
+        }
+    }
+}
+
+/// Counts a finished request and posts its completion.
+pub(super) fn finish(
+    server: &ServerShared,
+    ring: &RingState,
+    reg: &Registration,
+    tag: u64,
+    result: i64,
+) {
+    count(server, reg);
+    ring.complete(tag, result);
+}
+
+/// Counts a finished request, for its registration and for the server.
+pub(super) fn count(server: &ServerShared, reg: &Registration) {
+    reg.requests.fetch_add(1, Ordering::Relaxed);
+    server.requests.fetch_add(1, Ordering::Relaxed);
+}
