@@ -33,12 +33,13 @@ use dashmap::DashMap;
 use fuser::{
     Errno, FileAttr, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::filesystem::{
-    Attr, Caller, DirEntry, FileType, Filesystem, FsError, RenameFlags, SetAttr, XattrFlags,
+    Attr, Caller, CopyRange, DirEntry, Fallocate, FileType, Filesystem, FsError, RenameFlags, Seek,
+    SetAttr, XattrFlags,
 };
 
 /// How long the kernel may cache attributes and directory entries.
@@ -114,7 +115,8 @@ impl Fuse {
 /// metadata) are also printed, since the errno alone loses the device and the range.
 fn errno(op: &str, ino: u64, e: &FsError) -> Errno {
     let code = e.errno();
-    if matches!(code, libc::EIO | libc::EUCLEAN | libc::ENXIO | libc::ENODEV) {
+    let expected = matches!(e, FsError::PastEnd { .. });
+    if matches!(code, libc::EIO | libc::EUCLEAN | libc::ENXIO | libc::ENODEV) && !expected {
         eprintln!("stripefs: {op} of inode {ino}: {e}");
     }
     Errno::from_i32(code)
@@ -158,6 +160,9 @@ fn time(t: TimeOrNow) -> SystemTime {
         TimeOrNow::Now => SystemTime::now(),
     }
 }
+
+/// Low bits cut from the longest `copy_file_range` answered at once (a page).
+const BLOCK_MASK: u64 = 4095;
 
 /// Files bypass the page cache (see the module docs).
 const FILE_FLAGS: FopenFlags = FopenFlags::FOPEN_DIRECT_IO;
@@ -602,6 +607,81 @@ impl fuser::Filesystem for Fuse {
         match self.fs.getattr(ino.0) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno("access", ino.0, &e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let result =
+            Fallocate::from_mode(mode).and_then(|op| self.fs.fallocate(ino.0, offset, length, op));
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fallocate", ino.0, &e)),
+        }
+    }
+
+    /// Only `SEEK_DATA` and `SEEK_HOLE` reach the daemon; the kernel does the others.
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let whence = match whence {
+            libc::SEEK_DATA => Seek::Data,
+            libc::SEEK_HOLE => Seek::Hole,
+            _ => {
+                let e = FsError::invalid(format!("lseek whence {whence}"));
+                return reply.error(errno("lseek", ino.0, &e));
+            }
+        };
+        // A negative offset is before any data: ENXIO, as on ext4.
+        let offset = u64::try_from(offset).unwrap_or(u64::MAX);
+        match self.fs.seek(ino.0, offset, whence) {
+            Ok(at) => reply.offset(at as i64),
+            Err(e) => reply.error(errno("lseek", ino.0, &e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        if !flags.is_empty() {
+            let e = FsError::invalid("copy_file_range flags must be 0");
+            return reply.error(errno("copy_file_range", ino_out.0, &e));
+        }
+        let copy = CopyRange {
+            src: ino_in.0,
+            src_offset: offset_in,
+            dst: ino_out.0,
+            dst_offset: offset_out,
+            // The reply counts bytes in 32 bits; the caller loops for the rest.
+            len: len.min(u64::from(u32::MAX) & !(BLOCK_MASK)),
+        };
+        match self.fs.copy_file_range(copy) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno("copy_file_range", ino_out.0, &e)),
         }
     }
 

@@ -304,6 +304,7 @@ fn file() -> InodeRecord {
         }),
         symlink_target: Vec::new(),
         rdev: 0,
+        prealloc: false,
     }
 }
 
@@ -346,6 +347,12 @@ fn all_kinds() -> Vec<Record> {
             ino: 7,
             column: 255,
             object_offset: 0,
+        },
+        Record::RemoveExtents {
+            ino: 7,
+            column: 255,
+            object_offset: 4096,
+            len: u64::MAX - 4096,
         },
         Record::SetXattr {
             ino: 7,
@@ -402,7 +409,7 @@ fn record_header_layout() {
 
 #[test]
 fn record_bad_type() {
-    for tag in [0u8, 9, 255] {
+    for tag in [0u8, 10, 255] {
         assert_eq!(
             Record::decode(&[tag, 0, 0, 0, 0]),
             Err(OnDiskError::BadRecordType { tag })
@@ -579,6 +586,7 @@ fn special(kind: InodeKind, rdev: u32) -> InodeRecord {
         size: 0,
         layout: None,
         rdev,
+        prealloc: false,
         ..file()
     }
 }
@@ -617,14 +625,87 @@ fn special_inode_records() {
     let body_len = (short.len() - 5) as u32;
     short[1..5].copy_from_slice(&body_len.to_le_bytes());
     assert!(Record::decode(&short).is_err());
-    let mut long = encode(&Record::Inode(file()));
-    long.extend_from_slice(&0u32.to_le_bytes());
-    let body_len = (long.len() - 5) as u32;
-    long[1..5].copy_from_slice(&body_len.to_le_bytes());
+    let long = with_tail(&Record::Inode(file()), &[1, 0, 0, 0]);
     assert!(matches!(
         Record::decode(&long),
         Err(OnDiskError::BodyLength { tag: 1, .. })
     ));
+}
+
+/// The record's encoding with `tail` appended to its body.
+fn with_tail(record: &Record, tail: &[u8]) -> Vec<u8> {
+    let mut bytes = encode(record);
+    bytes.extend_from_slice(tail);
+    let body_len = (bytes.len() - 5) as u32;
+    bytes[1..5].copy_from_slice(&body_len.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn inode_prealloc_byte() {
+    // Set: one trailing byte, 1; clear: no byte (a file record as before the flag existed).
+    let plain = encode(&Record::Inode(file()));
+    let flagged = InodeRecord {
+        prealloc: true,
+        ..file()
+    };
+    let bytes = encode(&Record::Inode(flagged.clone()));
+    assert_eq!(bytes.len(), plain.len() + 1);
+    assert_eq!(bytes[5..bytes.len() - 1], plain[5..]);
+    assert_eq!(bytes[bytes.len() - 1], 1);
+    assert_eq!(
+        Record::decode(&bytes).map(|(r, _)| r),
+        Ok(Record::Inode(flagged))
+    );
+    let zero = with_tail(&Record::Inode(file()), &[0]);
+    assert_eq!(Record::decode(&zero), record_field("inode.prealloc", 0));
+    // Only files preallocate.
+    let dir = InodeRecord {
+        prealloc: true,
+        ..special(InodeKind::Fifo, 0)
+    };
+    assert_eq!(
+        dir.validate(),
+        Err(OnDiskError::BadField {
+            field: "inode.prealloc",
+            value: 1
+        })
+    );
+}
+
+#[test]
+fn remove_extents_checks() {
+    let ok = Record::RemoveExtents {
+        ino: 3,
+        column: 1,
+        object_offset: 4096,
+        len: 8192,
+    };
+    assert_eq!(Record::decode(&encode(&ok)).map(|(r, _)| r), Ok(ok));
+    let empty = Record::RemoveExtents {
+        ino: 3,
+        column: 1,
+        object_offset: 4096,
+        len: 0,
+    };
+    assert_eq!(reencode(&empty), record_field("remove_extents.len", 0));
+    let wraps = Record::RemoveExtents {
+        ino: 3,
+        column: 1,
+        object_offset: u64::MAX,
+        len: 2,
+    };
+    assert_eq!(
+        reencode(&wraps),
+        record_field("remove_extents.object_offset", u64::MAX)
+    );
+    let column = Record::RemoveExtents {
+        ino: 3,
+        column: 256,
+        object_offset: 0,
+        len: 1,
+    };
+    assert_eq!(reencode(&column), record_field("column", 256));
 }
 
 #[test]

@@ -81,13 +81,14 @@ fn inodes() -> impl Strategy<Value = InodeRecord> {
     let times = [timestamps(), timestamps(), timestamps(), timestamps()];
     let target = prop_oneof![name_bytes(1..=64), name_bytes(1..=SYMLINK_MAX)];
     let rdevs = prop_oneof![Just(0u32), Just((1 << 8) | 3), any::<u32>()];
-    (kinds, ids, times, layouts(), any::<bool>(), target, rdevs).prop_map(
+    let flags = (any::<bool>(), any::<bool>());
+    (kinds, ids, times, layouts(), flags, target, rdevs).prop_map(
         |(
             kind,
             (ino, mode, uid, gid, size),
             [atime, mtime, ctime, crtime],
             layout,
-            dir_has_layout,
+            (dir_has_layout, prealloc),
             target,
             rdev,
         )| {
@@ -116,6 +117,7 @@ fn inodes() -> impl Strategy<Value = InodeRecord> {
                 layout,
                 symlink_target,
                 rdev,
+                prealloc: prealloc && kind == InodeKind::File,
             }
         },
     )
@@ -144,6 +146,9 @@ fn records() -> impl Strategy<Value = Record> {
         2 => extents(),
         1 => (any::<u64>(), 0u16..256, any::<u64>()).prop_map(|(ino, column, object_offset)| {
             Record::TruncateExtents { ino, column, object_offset }
+        }),
+        1 => (any::<u64>(), 0u16..256, any::<u64>(), 1..=u64::MAX).prop_map(|(ino, column, o, len)| {
+            Record::RemoveExtents { ino, column, object_offset: o.min(u64::MAX - len), len }
         }),
         1 => (any::<u64>(), xattr_names(), vec(any::<u8>(), 0..300)).prop_map(|(ino, name, value)| {
             Record::SetXattr { ino, name, value }

@@ -19,13 +19,28 @@ pub const MAX_FILE_SIZE: u64 = 1 << 50;
 
 /// One piece of a file range: stored on a device, or a hole.
 #[derive(Clone, Copy, Debug)]
-struct FilePiece {
-    column: usize,
-    device: usize,
-    object_offset: u64,
-    device_offset: Option<u64>,
-    len: u64,
-    request_offset: u64,
+pub(super) struct FilePiece {
+    pub column: usize,
+    pub device: usize,
+    pub object_offset: u64,
+    pub device_offset: Option<u64>,
+    pub len: u64,
+    /// Where the piece starts, from the start of the resolved range.
+    pub request_offset: u64,
+}
+
+impl FilePiece {
+    /// The part `from..to` of the piece (offsets from the start of the resolved range).
+    pub(super) fn part(&self, from: u64, to: u64) -> FilePiece {
+        let skip = from - self.request_offset;
+        FilePiece {
+            object_offset: self.object_offset + skip,
+            device_offset: self.device_offset.map(|d| d + skip),
+            len: to - from,
+            request_offset: from,
+            ..*self
+        }
+    }
 }
 
 /// Which attachment of a mapping serves a device.
@@ -39,21 +54,26 @@ enum AttachBy {
 
 /// A range of a mapping's buffer.
 #[derive(Clone, Copy)]
-struct Target<'a> {
+pub(super) struct Target<'a> {
     mapping: &'a Mapping,
     by: AttachBy,
     offset: u64,
 }
 
-fn round_down(x: u64) -> u64 {
+pub(super) fn round_down(x: u64) -> u64 {
     x / BLOCK_SIZE * BLOCK_SIZE
 }
 
-fn round_up(x: u64) -> u64 {
+pub(super) fn round_up(x: u64) -> u64 {
     x.div_ceil(BLOCK_SIZE) * BLOCK_SIZE
 }
 
-fn resolve(meta: &Metadata, ino: u64, offset: u64, len: u64) -> Result<Vec<FilePiece>, FsError> {
+pub(super) fn resolve(
+    meta: &Metadata,
+    ino: u64,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<FilePiece>, FsError> {
     let inode = meta.get(ino).ok_or(FsError::NotFound)?;
     let record = inode.record.layout.as_ref().ok_or(FsError::IsDir)?;
     let layout = stripe_layout(record)?;
@@ -87,7 +107,12 @@ fn resolve(meta: &Metadata, ino: u64, offset: u64, len: u64) -> Result<Vec<FileP
 
 impl Filesystem {
     /// Moves the pieces between the devices and `target`; holes read as zeros.
-    fn transfer(&self, op: Op, pieces: &[FilePiece], target: Target<'_>) -> Result<(), FsError> {
+    pub(super) fn transfer(
+        &self,
+        op: Op,
+        pieces: &[FilePiece],
+        target: Target<'_>,
+    ) -> Result<(), FsError> {
         let total: u64 = pieces.iter().map(|p| p.len).sum();
         if total == 0 {
             return Ok(());
@@ -143,16 +168,7 @@ impl Filesystem {
         grow_to: Option<u64>,
     ) -> Result<(), FsError> {
         let mut pieces = resolve(&self.meta.read(), ino, a0, a1 - a0)?;
-        let fresh = match self.allocate_holes(ino, &mut pieces) {
-            // Space freed by changes not yet durable comes back with a commit (one that
-            // another thread finishes meanwhile counts too: asking whether space is busy
-            // first would race with it). Nothing pending: the sync returns at once.
-            Err(FsError::NoSpace(_)) => {
-                self.sync()?;
-                self.allocate_holes(ino, &mut pieces)?
-            }
-            other => other?,
-        };
+        let fresh = self.allocate_or_sync(ino, &mut pieces)?;
         if let Err(e) = self.transfer(Op::Write, &pieces, target) {
             self.release_unrecorded(&fresh);
             return Err(e);
@@ -167,6 +183,24 @@ impl Filesystem {
         recorded
     }
 
+    /// Like [`allocate_holes`](Self::allocate_holes); when the devices are full, commits
+    /// first and tries again: space freed by changes not yet durable comes back with a
+    /// commit (one that another thread finishes meanwhile counts too: asking whether space
+    /// is busy first would race with it). Nothing pending: the sync returns at once.
+    pub(super) fn allocate_or_sync(
+        &self,
+        ino: u64,
+        pieces: &mut Vec<FilePiece>,
+    ) -> Result<Vec<(usize, usize, Extent)>, FsError> {
+        match self.allocate_holes(ino, pieces) {
+            Err(FsError::NoSpace(_)) => {
+                self.sync()?;
+                self.allocate_holes(ino, pieces)
+            }
+            other => other,
+        }
+    }
+
     /// The change of a write: its new extents, the file's size (at least `grow_to`) and times.
     fn record_write(
         &self,
@@ -174,29 +208,33 @@ impl Filesystem {
         fresh: &[(usize, usize, Extent)],
         grow_to: Option<u64>,
     ) -> Result<(), FsError> {
-        let mut records: Vec<Record> = fresh
-            .iter()
-            .map(|(column, _, e)| Record::Extent {
-                ino,
-                column: *column as u16,
-                object_offset: e.object_offset,
-                device_offset: e.device_offset,
-                len: e.len,
-            })
-            .collect();
         let mut meta = self.meta.write();
+        let records = extent_records(ino, fresh);
+        self.change_with_inode(&mut meta, ino, records, |r| {
+            let t = now();
+            r.size = r.size.max(grow_to.unwrap_or(0));
+            r.mtime = t;
+            r.ctime = t;
+        })
+    }
+
+    /// Applies `records` and the inode record of `ino` as `edit` changes it, as one change.
+    pub(super) fn change_with_inode(
+        &self,
+        meta: &mut Metadata,
+        ino: u64,
+        mut records: Vec<Record>,
+        edit: impl FnOnce(&mut stripefs_layout::ondisk::InodeRecord),
+    ) -> Result<(), FsError> {
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
         let mut r = inode.record.clone();
-        let t = now();
-        r.size = r.size.max(grow_to.unwrap_or(0));
-        r.mtime = t;
-        r.ctime = t;
+        edit(&mut r);
         records.push(Record::Inode(r));
-        self.change(&mut meta, records)
+        self.change(meta, records)
     }
 
     /// Gives back space allocated for a write whose extents were never recorded.
-    fn release_unrecorded(&self, fresh: &[(usize, usize, Extent)]) {
+    pub(super) fn release_unrecorded(&self, fresh: &[(usize, usize, Extent)]) {
         let mut alloc = self.alloc.lock();
         for (_, device, e) in fresh {
             alloc.release(*device, e.device_offset, e.len);
@@ -276,7 +314,7 @@ impl Filesystem {
         Ok(fresh)
     }
 
-    fn file_size(&self, ino: u64) -> Result<u64, FsError> {
+    pub(super) fn file_size(&self, ino: u64) -> Result<u64, FsError> {
         let meta = self.meta.read();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
         match inode.record.kind {
@@ -305,7 +343,12 @@ impl Filesystem {
     }
 
     /// Reads `out.len()` bytes at `offset` through bounce buffers.
-    fn read_bounced(&self, ino: u64, offset: u64, out: &mut [u8]) -> Result<(), FsError> {
+    pub(super) fn read_bounced(
+        &self,
+        ino: u64,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), FsError> {
         let bounce = self.pool.take()?;
         let target = bounce_target(&bounce.mapping);
         for w in windows(offset, out.len() as u64) {
@@ -375,7 +418,8 @@ impl Filesystem {
         let mut meta = self.meta.write();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
         let mut records = Vec::new();
-        if new_size < size
+        // Blocks preallocated past the end go with any truncate, as on ext4.
+        if (new_size < size || inode.record.prealloc)
             && let Some(record) = &inode.record.layout
         {
             let layout = stripe_layout(record)?;
@@ -390,13 +434,13 @@ impl Filesystem {
                 }
             }
         }
-        let mut r = inode.record.clone();
-        let t = now();
-        r.size = new_size;
-        r.mtime = t;
-        r.ctime = t;
-        records.push(Record::Inode(r));
-        self.change(&mut meta, records)
+        self.change_with_inode(&mut meta, ino, records, |r| {
+            let t = now();
+            r.size = new_size;
+            r.prealloc = false;
+            r.mtime = t;
+            r.ctime = t;
+        })
     }
 
     // ----- registered I/O against files -----
@@ -611,6 +655,20 @@ impl Filesystem {
     }
 }
 
+/// The records of new extents, as (column, device, extent).
+pub(super) fn extent_records(ino: u64, fresh: &[(usize, usize, Extent)]) -> Vec<Record> {
+    fresh
+        .iter()
+        .map(|(column, _, e)| Record::Extent {
+            ino,
+            column: *column as u16,
+            object_offset: e.object_offset,
+            device_offset: e.device_offset,
+            len: e.len,
+        })
+        .collect()
+}
+
 /// A registered read of a file: `len` bytes at file `offset` into the mapping's buffer at
 /// `buffer_offset`; `tag` comes back in the completion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -659,7 +717,7 @@ fn windows(offset: u64, len: u64) -> impl Iterator<Item = Window> {
     })
 }
 
-fn bounce_target(mapping: &Mapping) -> Target<'_> {
+pub(super) fn bounce_target(mapping: &Mapping) -> Target<'_> {
     Target {
         mapping,
         by: AttachBy::Device,
@@ -667,7 +725,7 @@ fn bounce_target(mapping: &Mapping) -> Target<'_> {
     }
 }
 
-fn check_range(offset: u64, len: u64) -> Result<u64, FsError> {
+pub(super) fn check_range(offset: u64, len: u64) -> Result<u64, FsError> {
     match offset.checked_add(len) {
         Some(end) if end <= MAX_FILE_SIZE => Ok(end),
         _ => Err(FsError::TooLarge { offset, len }),

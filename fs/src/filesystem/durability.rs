@@ -114,6 +114,7 @@ impl Filesystem {
                 Record::FreeInode { .. }
                     | Record::Unlink { .. }
                     | Record::TruncateExtents { .. }
+                    | Record::RemoveExtents { .. }
                     | Record::RemoveXattr { .. }
             )
         });
@@ -189,7 +190,9 @@ pub(super) fn checkpoint_size(records: &[Record]) -> u64 {
 /// applied).
 pub(super) fn moves_data(meta: &Metadata, record: &Record) -> Option<u64> {
     match record {
-        Record::Extent { ino, .. } | Record::TruncateExtents { ino, .. } => Some(*ino),
+        Record::Extent { ino, .. }
+        | Record::TruncateExtents { ino, .. }
+        | Record::RemoveExtents { ino, .. } => Some(*ino),
         Record::Inode(r) => match meta.get(r.ino) {
             Some(old) if old.record.size == r.size && old.record.layout == r.layout => None,
             _ => Some(r.ino),

@@ -40,6 +40,8 @@ pub enum FsError {
     UnknownMapping { mapping: u64 },
     #[error("a FIFO, socket or device node is opened by the kernel, not through the filesystem")]
     SpecialFile,
+    #[error("no data at or after offset {offset} (file size {size})")]
+    PastEnd { offset: u64, size: u64 },
     #[error("file too large: {offset}+{len}")]
     TooLarge { offset: u64, len: u64 },
     #[error(transparent)]
@@ -82,6 +84,7 @@ impl FsError {
             FsError::NotSupported { .. } => libc::EOPNOTSUPP,
             FsError::UnknownMapping { .. } => libc::EBADF,
             FsError::SpecialFile => libc::ENXIO,
+            FsError::PastEnd { .. } => libc::ENXIO,
             FsError::TooLarge { .. } => libc::EFBIG,
             FsError::Device(e) => device_errno(e),
             FsError::DeviceSet { .. } => libc::ENODEV,

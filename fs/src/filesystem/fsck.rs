@@ -111,6 +111,7 @@ pub(super) fn describe(r: &Record) -> &'static str {
         Record::Unlink { .. } => "unlink",
         Record::Extent { .. } => "extent",
         Record::TruncateExtents { .. } => "truncate",
+        Record::RemoveExtents { .. } => "remove extents",
         Record::SetXattr { .. } => "set xattr",
         Record::RemoveXattr { .. } => "remove xattr",
     }
@@ -225,6 +226,10 @@ fn check_layouts_and_sizes(meta: &Metadata, device_count: usize, report: &mut Fs
                 continue;
             }
         };
+        // Blocks past the end are damage, unless fallocate kept them there on purpose.
+        if inode.record.prealloc {
+            continue;
+        }
         for (column, map) in inode.extents.iter().enumerate() {
             let limit = layout
                 .column_extent(inode.record.size, column)

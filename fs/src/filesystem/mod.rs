@@ -8,17 +8,23 @@
 
 mod bounce;
 mod commit;
+mod copy;
 mod data;
 mod durability;
 mod error;
+mod exchange;
 mod format;
 mod fsck;
 mod journal;
 mod namespace;
 mod repair;
+mod rewrite;
+mod space;
 mod xattr;
 
+pub use copy::CopyRange;
 pub use data::FileRead;
+pub use space::{Fallocate, Seek};
 pub use xattr::{CONTROL_XATTR, LAYOUT_XATTR, XattrFlags, format_layout};
 
 use std::collections::HashMap;

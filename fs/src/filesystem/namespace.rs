@@ -334,7 +334,8 @@ impl Filesystem {
         });
     }
 
-    /// Renames `parent/name` to `new_parent/new_name`, replacing a compatible target.
+    /// Renames `parent/name` to `new_parent/new_name`, replacing a compatible target (or,
+    /// with `exchange`, swapping the two: see `exchange`).
     pub fn rename(
         &self,
         parent: u64,
@@ -344,9 +345,7 @@ impl Filesystem {
         flags: RenameFlags,
     ) -> Result<(), FsError> {
         if flags.exchange {
-            return Err(FsError::NotSupported {
-                what: "RENAME_EXCHANGE",
-            });
+            return self.rename_exchange(parent, name, new_parent, new_name);
         }
         let (name, new_name) = (name.as_bytes(), check_name(new_name.as_bytes())?);
         let mut meta = self.meta.write();

@@ -150,7 +150,8 @@ fn free_orphans(meta: &Metadata) -> Vec<Fix> {
 
 fn release_extents_past_the_end(meta: &Metadata) -> Vec<Fix> {
     let mut fixes = Vec::new();
-    for inode in meta.iter() {
+    // Preallocated blocks past the end (fallocate with KEEP_SIZE) are kept.
+    for inode in meta.iter().filter(|i| !i.record.prealloc) {
         let Some(record) = &inode.record.layout else {
             continue;
         };

@@ -139,6 +139,32 @@ impl ExtentMap {
         (start + len == object_offset).then_some(dev + len)
     }
 
+    /// The first stored object byte at or after `object_offset`, if any (`SEEK_DATA`).
+    pub fn next_mapped(&self, object_offset: u64) -> Option<u64> {
+        if let Some((&start, &(_, len))) = self.map.range(..=object_offset).next_back()
+            && start + len > object_offset
+        {
+            return Some(object_offset);
+        }
+        self.map.range(object_offset..).next().map(|(&s, _)| s)
+    }
+
+    /// The first object byte at or after `object_offset` that is not stored (`SEEK_HOLE`):
+    /// the end of the run of touching extents that holds `object_offset`, or itself.
+    pub fn next_unmapped(&self, object_offset: u64) -> u64 {
+        let mut at = object_offset;
+        if let Some((&start, &(_, len))) = self.map.range(..=at).next_back()
+            && start + len > at
+        {
+            at = start + len;
+        }
+        // Extents that continue the object on a different device range touch end to start.
+        while let Some(&(_, len)) = self.map.get(&at) {
+            at += len;
+        }
+        at
+    }
+
     /// Bytes stored.
     pub fn stored_bytes(&self) -> u64 {
         self.map.values().map(|&(_, l)| l).sum()
@@ -207,6 +233,22 @@ mod tests {
         );
         assert_eq!(m.truncate(5), vec![ext(5, 105, 5), ext(20, 120, 10)]);
         assert_eq!(m.end(), 5);
+    }
+
+    #[test]
+    fn next_mapped_and_unmapped() {
+        let mut m = ExtentMap::default();
+        m.insert(ext(10, 100, 10));
+        m.insert(ext(20, 500, 5));
+        m.insert(ext(40, 900, 5));
+        assert_eq!(m.next_mapped(0), Some(10));
+        assert_eq!(m.next_mapped(12), Some(12));
+        assert_eq!(m.next_mapped(25), Some(40));
+        assert_eq!(m.next_mapped(45), None);
+        assert_eq!(m.next_unmapped(0), 0);
+        assert_eq!(m.next_unmapped(10), 25);
+        assert_eq!(m.next_unmapped(24), 25);
+        assert_eq!(m.next_unmapped(41), 45);
     }
 
     proptest! {

@@ -141,6 +141,12 @@ impl Metadata {
                 column,
                 object_offset,
             } => self.truncate_extents(*ino, *column, *object_offset),
+            Record::RemoveExtents {
+                ino,
+                column,
+                object_offset,
+                len,
+            } => self.remove_extents(*ino, *column, *object_offset, *len),
             Record::SetXattr { ino, name, value } => {
                 self.inode_mut(*ino)?
                     .xattrs
@@ -274,6 +280,21 @@ impl Metadata {
             .collect())
     }
 
+    fn remove_extents(
+        &mut self,
+        ino: u64,
+        column: u16,
+        object_offset: u64,
+        len: u64,
+    ) -> Result<Freed, MetaError> {
+        let device = self.device_of(ino, column)?;
+        let freed = self.column_mut(ino, column)?.remove(object_offset, len);
+        Ok(freed
+            .into_iter()
+            .map(|e| (device, e.device_offset, e.len))
+            .collect())
+    }
+
     /// The device index that column `column` of `ino` lives on.
     pub fn device_of(&self, ino: u64, column: u16) -> Result<u16, MetaError> {
         self.inodes
@@ -380,5 +401,6 @@ pub fn new_inode(
         layout,
         symlink_target: Vec::new(),
         rdev: 0,
+        prealloc: false,
     }
 }

@@ -14,6 +14,12 @@
 //! unknown `inode.kind`), never misreads them. The trailing field is required for the special
 //! kinds and refused (as a body length mismatch) for the others.
 //!
+//! An inode record of a file that keeps preallocated blocks past its size
+//! (`fallocate(FALLOC_FL_KEEP_SIZE)`) ends with one more byte, `prealloc: u8` = 1, after the
+//! symlink target; every other file record ends without it, byte for byte as before, so
+//! older filesystems decode unchanged. The byte is refused (as a bad field, or a body length
+//! mismatch) on other kinds.
+//!
 //! Decoding parses the body into the record, then checks every field with the same
 //! `validate` that callers may run before encoding.
 
@@ -47,6 +53,7 @@ mod tag {
     pub(super) const TRUNCATE_EXTENTS: u8 = 6;
     pub(super) const SET_XATTR: u8 = 7;
     pub(super) const REMOVE_XATTR: u8 = 8;
+    pub(super) const REMOVE_EXTENTS: u8 = 9;
 }
 
 /// What an inode is.
@@ -235,6 +242,11 @@ pub struct InodeRecord {
     /// A device node's device number (`makedev(major, minor)` as FUSE passes it); zero for
     /// every other kind. Stored only for special kinds (see the module docs).
     pub rdev: u32,
+    /// A file whose blocks may extend past its size: `fallocate` with `FALLOC_FL_KEEP_SIZE`
+    /// gave it space beyond the end (which reads as zeros once the file grows over it).
+    /// Without it, blocks past the end are damage (fsck reports them, repair releases
+    /// them). Files only; stored only when set (see the module docs).
+    pub prealloc: bool,
 }
 
 impl InodeRecord {
@@ -243,6 +255,8 @@ impl InodeRecord {
     pub fn validate(&self) -> Result<(), OnDiskError> {
         let rdev_ok = self.rdev == 0 || self.kind.is_device();
         check_field("inode.rdev", self.rdev.into(), rdev_ok)?;
+        let prealloc_ok = !self.prealloc || self.kind == InodeKind::File;
+        check_field("inode.prealloc", self.prealloc.into(), prealloc_ok)?;
         check_field("inode.mode", self.mode.into(), self.mode <= MODE_MAX)?;
         check_nanos("inode.atime.nanos", self.atime)?;
         check_nanos("inode.mtime.nanos", self.mtime)?;
@@ -301,6 +315,9 @@ impl InodeRecord {
         if self.kind.is_special() {
             out.put_u32(self.rdev);
         }
+        if self.prealloc {
+            out.put_u8(1);
+        }
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, OnDiskError> {
@@ -318,9 +335,21 @@ impl InodeRecord {
             layout: read_layout_option(r)?,
             symlink_target: r.bytes32()?.to_vec(),
             rdev: 0,
+            prealloc: false,
         };
         if record.kind.is_special() {
             record.rdev = r.u32()?;
+        }
+        if record.kind == InodeKind::File && r.remaining() > 0 {
+            match r.u8()? {
+                1 => record.prealloc = true,
+                flag => {
+                    return Err(OnDiskError::BadField {
+                        field: "inode.prealloc",
+                        value: flag.into(),
+                    });
+                }
+            }
         }
         Ok(record)
     }
@@ -375,6 +404,18 @@ pub enum Record {
         /// Where the dropped part begins in the column object.
         object_offset: u64,
     },
+    /// Drops the column's mappings inside `[object_offset, +len)`: the range becomes a hole
+    /// (punched holes, ranges rewritten to new space).
+    RemoveExtents {
+        /// The file.
+        ino: u64,
+        /// The column, below 256.
+        column: u16,
+        /// First byte dropped in the column object.
+        object_offset: u64,
+        /// Bytes dropped, above 0; the end does not overflow.
+        len: u64,
+    },
     /// Sets an extended attribute.
     SetXattr {
         /// The inode.
@@ -416,7 +457,7 @@ impl Record {
     pub fn decode(input: &[u8]) -> Result<(Record, usize), OnDiskError> {
         let mut r = Reader::new(input);
         let tag = r.u8()?;
-        if !(tag::INODE..=tag::REMOVE_XATTR).contains(&tag) {
+        if !(tag::INODE..=tag::REMOVE_EXTENTS).contains(&tag) {
             return Err(OnDiskError::BadRecordType { tag });
         }
         let declared = r.u32()?;
@@ -448,6 +489,17 @@ impl Record {
                 ..
             } => check_extent(*column, *object_offset, *device_offset, *len),
             Record::TruncateExtents { column, .. } => check_column(*column),
+            Record::RemoveExtents {
+                column,
+                object_offset,
+                len,
+                ..
+            } => {
+                check_column(*column)?;
+                check_field("remove_extents.len", *len, *len > 0)?;
+                let ok = object_offset.checked_add(*len).is_some();
+                check_field("remove_extents.object_offset", *object_offset, ok)
+            }
             Record::SetXattr { name, value, .. } => {
                 validate_xattr_name(name)?;
                 check_len("xattr.value", value.len(), XATTR_VALUE_MAX)
@@ -464,6 +516,7 @@ impl Record {
             Record::Unlink { .. } => tag::UNLINK,
             Record::Extent { .. } => tag::EXTENT,
             Record::TruncateExtents { .. } => tag::TRUNCATE_EXTENTS,
+            Record::RemoveExtents { .. } => tag::REMOVE_EXTENTS,
             Record::SetXattr { .. } => tag::SET_XATTR,
             Record::RemoveXattr { .. } => tag::REMOVE_XATTR,
         }
@@ -504,6 +557,17 @@ impl Record {
                 out.put_u16(*column);
                 out.put_u64(*object_offset);
             }
+            Record::RemoveExtents {
+                ino,
+                column,
+                object_offset,
+                len,
+            } => {
+                out.put_u64(*ino);
+                out.put_u16(*column);
+                out.put_u64(*object_offset);
+                out.put_u64(*len);
+            }
             Record::SetXattr { ino, name, value } => {
                 out.put_u64(*ino);
                 out.put_bytes32(name);
@@ -540,6 +604,12 @@ impl Record {
                 ino: r.u64()?,
                 column: r.u16()?,
                 object_offset: r.u64()?,
+            },
+            tag::REMOVE_EXTENTS => Record::RemoveExtents {
+                ino: r.u64()?,
+                column: r.u16()?,
+                object_offset: r.u64()?,
+                len: r.u64()?,
             },
             tag::SET_XATTR => Record::SetXattr {
                 ino: r.u64()?,
