@@ -40,6 +40,7 @@ pub fn workloads() -> Vec<Workload> {
         truncate_down_and_up(),
         hard_links(),
         special_files(),
+        ranges_and_exchange(),
         xattrs_and_layouts(),
         log_wrap(),
         unmount_checkpoint(),
@@ -232,6 +233,52 @@ fn special_files() -> Workload {
             Rename("d/blk", "blk"),
             Sync,
             Mknod("late", FileType::Fifo, 0),
+        ],
+    }
+}
+
+/// `fallocate` in every mode, `copy_file_range` (between files, within one, across units
+/// and holes) and `RENAME_EXCHANGE` of a file with a directory.
+fn ranges_and_exchange() -> Workload {
+    use Op::*;
+    use stripefs_fs::filesystem::Fallocate as F;
+    let copy = |src, src_offset, dst, dst_offset, len| Copy {
+        src,
+        src_offset,
+        dst,
+        dst_offset,
+        len,
+    };
+    Workload {
+        name: "fallocate, copy_file_range, RENAME_EXCHANGE",
+        mkfs: mkfs(),
+        ops: vec![
+            Mkdir("d"),
+            Create("d/a"),
+            write("d/a", 0, 100_000, 1),
+            Fsync("d/a"),
+            Fallocate("d/a", 150_000, 40_000, F::Allocate { keep_size: false }),
+            Fallocate("d/a", 200_000, 30_000, F::Allocate { keep_size: true }),
+            Fsync("d/a"),
+            Fallocate("d/a", 5_000, 60_000, F::PunchHole),
+            Fallocate("d/a", 70_000, 20_000, F::ZeroRange { keep_size: false }),
+            Create("b"),
+            write("b", 0, 50_000, 2),
+            copy("d/a", 1_000, "b", 30_001, 120_000),
+            Fsync("b"),
+            Mkdir("e"),
+            Mkdir("e/sub"),
+            Exchange("b", "e"),
+            Fdatasync("e"),
+            Fallocate("e", 100_000, 10_000, F::ZeroRange { keep_size: true }),
+            copy("e", 0, "e", 200_000, 50_000),
+            Sync,
+            Exchange("d/a", "b/sub"),
+            Fallocate("b/sub", 180_000, 30_000, F::ZeroRange { keep_size: false }),
+            Fsync("b/sub"),
+            Remount,
+            Fallocate("b/sub", 0, 4096, F::PunchHole),
+            copy("e", 16_384, "b/sub", 65_536, 70_000),
         ],
     }
 }

@@ -131,6 +131,16 @@ impl Model {
         }
     }
 
+    /// `rename(a, b, RENAME_EXCHANGE)`: the two names swap their nodes.
+    pub fn exchange(&mut self, a: &str, b: &str) {
+        let ia = self.lookup(a).expect("model: exchange source");
+        let ib = self.lookup(b).expect("model: exchange target");
+        let (da, na) = Self::split(a);
+        self.entries_mut(da).insert(na.to_string(), ib);
+        let (db, nb) = Self::split(b);
+        self.entries_mut(db).insert(nb.to_string(), ia);
+    }
+
     /// A new name `to` for the node at `from`.
     pub fn link(&mut self, from: &str, to: &str) {
         let id = self.lookup(from).expect("model: link source");

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use stripefs_engine::{DeviceQueue, DeviceSpec, WriteLog};
 use stripefs_fs::filesystem::{
-    Caller, FileType, Filesystem, LAYOUT_XATTR, MkfsOptions, RenameFlags, SetAttr, XattrFlags,
+    Caller, CopyRange, Fallocate, FileType, Filesystem, LAYOUT_XATTR, MkfsOptions, RenameFlags,
+    SetAttr, XattrFlags,
 };
 
 use super::model::{History, Kind, Model, Recovered, Shape, ShapeKind};
@@ -35,6 +36,18 @@ pub enum Op {
     Unlink(&'static str),
     Rmdir(&'static str),
     Rename(&'static str, &'static str),
+    /// `rename` with `RENAME_EXCHANGE`.
+    Exchange(&'static str, &'static str),
+    /// `fallocate(path, offset, len)`.
+    Fallocate(&'static str, u64, u64, Fallocate),
+    /// `copy_file_range` of `len` bytes from `src` at `src_offset` to `dst` at `dst_offset`.
+    Copy {
+        src: &'static str,
+        src_offset: u64,
+        dst: &'static str,
+        dst_offset: u64,
+        len: u64,
+    },
     Link(&'static str, &'static str),
     SetXattr(&'static str, &'static str, &'static [u8]),
     RemoveXattr(&'static str, &'static str),
@@ -237,6 +250,47 @@ fn apply(fs: &Filesystem, model: &mut Model, op: &Op) {
             .expect("rename");
             model.rename(from, to);
         }
+        Op::Exchange(a, b) => {
+            let (d0, n0) = parent(fs, a);
+            let (d1, n1) = parent(fs, b);
+            let exchange = RenameFlags {
+                exchange: true,
+                ..RenameFlags::default()
+            };
+            fs.rename(d0, OsStr::new(n0), d1, OsStr::new(n1), exchange)
+                .expect("exchange");
+            model.exchange(a, b);
+        }
+        Op::Fallocate(p, offset, len, op) => {
+            fs.fallocate(resolve(fs, p), offset, len, op)
+                .expect("fallocate");
+            fallocate_model(model.data_mut(p), offset, len, op);
+        }
+        Op::Copy {
+            src,
+            src_offset,
+            dst,
+            dst_offset,
+            len,
+        } => {
+            let copy = CopyRange {
+                src: resolve(fs, src),
+                src_offset,
+                dst: resolve(fs, dst),
+                dst_offset,
+                len,
+            };
+            let n = fs.copy_file_range(copy).expect("copy_file_range");
+            let source = model.data_mut(src).clone();
+            let (s0, d0) = (src_offset as usize, dst_offset as usize);
+            let bytes = source[s0.min(source.len())..source.len().min(s0 + len as usize)].to_vec();
+            assert_eq!(n, bytes.len() as u64, "bytes copied");
+            let d = model.data_mut(dst);
+            if d.len() < d0 + bytes.len() {
+                d.resize(d0 + bytes.len(), 0);
+            }
+            d[d0..d0 + bytes.len()].copy_from_slice(&bytes);
+        }
         Op::Link(from, to) => {
             let (dir, name) = parent(fs, to);
             fs.link(resolve(fs, from), dir, OsStr::new(name))
@@ -273,6 +327,26 @@ fn apply(fs: &Filesystem, model: &mut Model, op: &Op) {
             model.node_mut(p).layout = Some(layout_of(fs, ino));
         }
         Op::Fsync(_) | Op::Fdatasync(_) | Op::Sync | Op::Remount => unreachable!(),
+    }
+}
+
+/// What `fallocate` does to a file's bytes: the size grows unless KEEP_SIZE (punching
+/// never grows it), and punched or zeroed bytes read as zeros.
+fn fallocate_model(d: &mut Vec<u8>, offset: u64, len: u64, op: Fallocate) {
+    let end = (offset + len) as usize;
+    let (grows, zeroes) = match op {
+        Fallocate::Allocate { keep_size } => (!keep_size, false),
+        Fallocate::PunchHole => (false, true),
+        Fallocate::ZeroRange { keep_size } => (!keep_size, true),
+    };
+    if grows && d.len() < end {
+        d.resize(end, 0);
+    }
+    if zeroes {
+        let e = end.min(d.len());
+        if (offset as usize) < e {
+            d[offset as usize..e].fill(0);
+        }
     }
 }
 
