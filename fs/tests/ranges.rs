@@ -467,3 +467,42 @@ proptest! {
         prop_assert!(got == m.bytes, "bytes differ after reopen");
     }
 }
+
+#[test]
+fn allocated_space_reads_zeros_when_it_held_another_files_data() {
+    // Small devices: the second file can only get the space the first one freed.
+    let d = formatted(3, 8 << 20, UNIT, 1 << 20);
+    let fs = Filesystem::open(&d.specs).expect("open");
+    let old = fs.create(ROOT, name("old"), 0o644, ME).expect("create").ino;
+    let chunk = data(7, 3 * UNIT as usize);
+    let mut len = 0;
+    while fs.write(old, len, &chunk).is_ok() {
+        len += chunk.len() as u64;
+    }
+    // Every stripe but the last is the old file's: the new ones reuse its space.
+    let len = len - chunk.len() as u64;
+    fs.unlink(ROOT, name("old")).expect("unlink");
+    fs.sync().expect("sync");
+    for (i, op) in [
+        Fallocate::Allocate { keep_size: false },
+        Fallocate::ZeroRange { keep_size: false },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let f = fs
+            .create(ROOT, name(&format!("new{i}")), 0o644, ME)
+            .expect("create")
+            .ino;
+        fs.fallocate(f, 0, len, op).expect("fallocate");
+        let attr = fs.getattr(f).expect("getattr");
+        assert_eq!((attr.size, attr.blocks), (len, len / 512));
+        let got = fs.read(f, 0, len as u32).expect("read");
+        assert!(got.iter().all(|&b| b == 0), "{op:?}: stale bytes");
+        fs.unlink(ROOT, name(&format!("new{i}"))).expect("unlink");
+        fs.sync().expect("sync");
+    }
+    fs.shutdown().expect("shutdown");
+    drop(fs);
+    assert_fsck_clean(&d.specs);
+}
