@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::mount::MountedFs as Fixture;
-use common::mount::{assert_errno, contents, cpath};
+use common::mount::{assert_errno, contents, cpath, run};
 
 /// 16 KiB units over four devices: every range below crosses units.
 const MKFS: [&str; 2] = ["--stripe-unit", "16K"];
@@ -234,6 +234,20 @@ fn copy_file_range_crosses_units_and_keeps_holes() {
     fx.remount();
     let got = std::fs::read(&dst_path).expect("read");
     assert!(got == want, "destination differs after remount");
+    // `cp` (coreutils 9 copies with copy_file_range and SEEK_HOLE): same bytes, same holes.
+    let copy = fx.path("src.cp");
+    let (from, to) = (src_path.to_str(), copy.to_str());
+    run("cp", &[from.expect("UTF-8"), to.expect("UTF-8")], None);
+    assert!(
+        std::fs::read(&copy).expect("read") == source,
+        "cp's copy differs"
+    );
+    assert_eq!(
+        blocks_of(&copy),
+        blocks_of(&src_path),
+        "cp's copy is not as sparse"
+    );
+    assert!(blocks_of(&copy) * 512 < source.len() as u64);
     fx.finish();
 }
 
