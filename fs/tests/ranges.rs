@@ -159,6 +159,15 @@ fn each_fallocate_mode_gives_exact_bytes_sizes_and_blocks() {
     assert_fsck_clean(&d.specs);
     let fs = Filesystem::open(&d.specs).expect("reopen");
     assert_matches(&fs, f, &m, "reopen");
+    drop(fs);
+    // Repair keeps them too: they are meant.
+    let report = stripefs_fs::filesystem::repair(&common::queues(&d.specs)).expect("repair");
+    assert!(
+        report.is_clean() && report.repaired.is_empty(),
+        "{report:?}"
+    );
+    let fs = Filesystem::open(&d.specs).expect("reopen");
+    assert_matches(&fs, f, &m, "repair");
     // A truncate drops the preallocated blocks past the end.
     let set = stripefs_fs::filesystem::SetAttr {
         size: Some(260_000),
