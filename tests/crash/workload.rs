@@ -143,7 +143,19 @@ pub fn run(w: &Workload, dir: &Path, count: usize, size: u64) -> Run {
                 datasync_nodes.insert(i, model.lookup(p).expect("model node"));
                 log.mark((i as u64) << 2 | MARK_DATASYNC);
             }
-            other => apply(&fs, &mut model, other),
+            other => {
+                let before = fs.changes_made();
+                apply(&fs, &mut model, other);
+                let changes = fs.changes_made() - before;
+                // A commit may land between any two changes (the periodic committer, another
+                // file's fsync), so an operation made of two could be seen half done.
+                // Writes are exempt: POSIX promises no atomicity for them across a crash.
+                assert!(
+                    changes <= 1 || matches!(other, Op::Write { .. }),
+                    "{}: operation {i} ({other:?}) made {changes} metadata changes; it must be one change to be atomic across a crash",
+                    w.name
+                );
+            }
         }
         states.push(model.clone());
     }

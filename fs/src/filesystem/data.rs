@@ -399,50 +399,6 @@ impl Filesystem {
         Ok(())
     }
 
-    /// Sets the size; space past the new end is released and reads there return zeros.
-    pub(crate) fn truncate(&self, ino: u64, new_size: u64) -> Result<(), FsError> {
-        if new_size > MAX_FILE_SIZE {
-            return Err(FsError::TooLarge {
-                offset: new_size,
-                len: 0,
-            });
-        }
-        let lock = self.data_lock(ino);
-        let _exclusive = lock.write();
-        let size = self.file_size(ino)?;
-        if new_size < size && !new_size.is_multiple_of(BLOCK_SIZE) {
-            // Keep "bytes past the end of the last block are zero", so growing later reads zeros.
-            let zeros = vec![0u8; (round_up(new_size) - new_size) as usize];
-            self.write_bounced(ino, new_size, &zeros, false)?;
-        }
-        let mut meta = self.meta.write();
-        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-        let mut records = Vec::new();
-        // Blocks preallocated past the end go with any truncate, as on ext4.
-        if (new_size < size || inode.record.prealloc)
-            && let Some(record) = &inode.record.layout
-        {
-            let layout = stripe_layout(record)?;
-            for (column, map) in inode.extents.iter().enumerate() {
-                let keep = round_up(layout.column_extent(new_size, column));
-                if map.end() > keep {
-                    records.push(Record::TruncateExtents {
-                        ino,
-                        column: column as u16,
-                        object_offset: keep,
-                    });
-                }
-            }
-        }
-        self.change_with_inode(&mut meta, ino, records, |r| {
-            let t = now();
-            r.size = new_size;
-            r.prealloc = false;
-            r.mtime = t;
-            r.ctime = t;
-        })
-    }
-
     // ----- registered I/O against files -----
 
     /// Registers `buffer` against file `ino`: the file's devices (its layout, in column

@@ -23,6 +23,14 @@ impl Filesystem {
             .commit_through(Some(target), || self.write_log())
     }
 
+    /// How many metadata changes have been made since the filesystem was opened. Each
+    /// operation that must survive a crash whole (create, rename, truncate, fallocate, …)
+    /// makes at most one change, since a commit may land between any two: the crash
+    /// harness checks that with this count.
+    pub fn changes_made(&self) -> u64 {
+        self.pending.lock().last()
+    }
+
     /// Writes a checkpoint of the whole metadata (the log starts over).
     pub fn checkpoint(&self) -> Result<(), FsError> {
         self.commits.commit_through(None, || {

@@ -43,32 +43,31 @@ impl Filesystem {
         Ok(attr(inode))
     }
 
-    /// Changes mode, owner, size or times.
+    /// Changes mode, owner, size or times, as one change.
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr, FsError> {
-        if let Some(size) = set.size {
-            self.truncate(ino, size)?;
+        let edit = |r: &mut InodeRecord| {
+            if let Some(mode) = set.mode {
+                r.mode = mode & 0o7777;
+            }
+            if let Some(uid) = set.uid {
+                r.uid = uid;
+            }
+            if let Some(gid) = set.gid {
+                r.gid = gid;
+            }
+            if let Some(t) = set.atime {
+                r.atime = to_timestamp(t);
+            }
+            if let Some(t) = set.mtime {
+                r.mtime = to_timestamp(t);
+            }
+            r.ctime = now();
+        };
+        match set.size {
+            Some(size) => self.truncate(ino, size, edit)?,
+            None => self.change_with_inode(&mut self.meta.write(), ino, Vec::new(), edit)?,
         }
-        let mut meta = self.meta.write();
-        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-        let mut r = inode.record.clone();
-        if let Some(mode) = set.mode {
-            r.mode = mode & 0o7777;
-        }
-        if let Some(uid) = set.uid {
-            r.uid = uid;
-        }
-        if let Some(gid) = set.gid {
-            r.gid = gid;
-        }
-        if let Some(t) = set.atime {
-            r.atime = to_timestamp(t);
-        }
-        if let Some(t) = set.mtime {
-            r.mtime = to_timestamp(t);
-        }
-        r.ctime = now();
-        self.change(&mut meta, vec![Record::Inode(r)])?;
-        self.attr_of(&meta, ino)
+        self.attr_of(&self.meta.read(), ino)
     }
 
     /// Creates a regular file.

@@ -14,7 +14,7 @@ use stripefs_layout::ondisk::{InodeRecord, Record};
 
 use super::Filesystem;
 use super::bounce::BOUNCE_SIZE;
-use super::data::{FilePiece, bounce_target, extent_records, resolve};
+use super::data::{FilePiece, bounce_target, extent_records, resolve, round_up};
 use super::error::FsError;
 use super::format::{BLOCK_SIZE, stripe_layout};
 use crate::meta::Inode;
@@ -51,9 +51,18 @@ pub(super) struct Rewrite {
     fresh: Vec<(usize, usize, Extent)>,
     /// Block-aligned file ranges whose current storage the change drops.
     dropped: Vec<(u64, u64)>,
+    /// A truncation the change makes, to this file size: every column's storage past it
+    /// goes when the file shrinks (`true`) or holds blocks preallocated past its end.
+    cut: Option<(u64, bool)>,
 }
 
 impl Rewrite {
+    /// Makes the change truncate the file's storage at the file size `size`: every block
+    /// past it goes when the file shrinks (`shrinks`) or holds blocks preallocated past its
+    /// end (decided when the change is made, under the metadata lock).
+    pub(super) fn cut_at(&mut self, size: u64, shrinks: bool) {
+        self.cut = Some((size, shrinks));
+    }
     /// Drops the storage of the block-aligned file range `a0..a1` (nothing is written).
     pub(super) fn drop_range(&mut self, a0: u64, a1: u64) {
         if a0 < a1 {
@@ -76,6 +85,7 @@ impl Filesystem {
             ino,
             fresh: Vec::new(),
             dropped: Vec::new(),
+            cut: None,
         };
         if let Err(e) = body(&mut rw) {
             self.release_unrecorded(&rw.fresh);
@@ -83,13 +93,15 @@ impl Filesystem {
         }
         let mut meta = self.meta.write();
         let records = match meta.get(ino) {
-            Some(inode) => drop_records(inode, &rw.dropped),
+            Some(inode) => drop_records(inode, &rw.dropped).and_then(|mut records| {
+                records.extend(extent_records(ino, &rw.fresh));
+                records.extend(cut_records(inode, rw.cut)?);
+                Ok(records)
+            }),
             None => Err(FsError::NotFound),
         };
-        let result = records.and_then(|mut records| {
-            records.extend(extent_records(ino, &rw.fresh));
-            self.change_with_inode(&mut meta, ino, records, edit)
-        });
+        let result =
+            records.and_then(|records| self.change_with_inode(&mut meta, ino, records, edit));
         // Refused before anything was applied: the space is nobody's (as in `write_aligned`).
         if let Err(FsError::MetadataFull { .. } | FsError::NotFound | FsError::Invalid { .. }) =
             result
@@ -235,6 +247,33 @@ fn drop_records(inode: &Inode, dropped: &[(u64, u64)]) -> Result<Vec<Record>, Fs
                     len: e - s,
                 });
             }
+        }
+    }
+    Ok(records)
+}
+
+/// The records that truncate every column of `inode` at the file size of `cut` (see
+/// [`Rewrite::cut_at`]): storage past the end of the block holding the last byte goes.
+fn cut_records(inode: &Inode, cut: Option<(u64, bool)>) -> Result<Vec<Record>, FsError> {
+    let Some((size, shrinks)) = cut else {
+        return Ok(Vec::new());
+    };
+    let Some(record) = &inode.record.layout else {
+        return Ok(Vec::new());
+    };
+    if !shrinks && !inode.record.prealloc {
+        return Ok(Vec::new());
+    }
+    let layout = stripe_layout(record)?;
+    let mut records = Vec::new();
+    for (column, map) in inode.extents.iter().enumerate() {
+        let keep = round_up(layout.column_extent(size, column));
+        if map.end() > keep {
+            records.push(Record::TruncateExtents {
+                ino: inode.record.ino,
+                column: column as u16,
+                object_offset: keep,
+            });
         }
     }
     Ok(records)

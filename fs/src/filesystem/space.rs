@@ -17,7 +17,7 @@
 
 use stripefs_layout::ondisk::InodeRecord;
 
-use super::data::{check_range, round_down, round_up};
+use super::data::{MAX_FILE_SIZE, check_range, round_down, round_up};
 use super::error::FsError;
 use super::format::{BLOCK_SIZE, stripe_layout};
 use super::rewrite::{Blocks, Fate, Rewrite};
@@ -98,6 +98,51 @@ impl Filesystem {
             }
         };
         self.rewrite(ino, body, edit)
+    }
+
+    /// Sets the size, as one change: space past the new end is released (preallocated
+    /// blocks too, as on ext4), and a partial last block gets a fresh copy whose bytes past
+    /// the end are zeros, so that growing the file later reads zeros there. The copy is
+    /// written before the change (copy-on-write, see `rewrite`): zeroing the block in place
+    /// would destroy bytes the durable state still shows if a crash came first. `edit`
+    /// makes the rest of a `setattr` part of the same change.
+    pub(crate) fn truncate(
+        &self,
+        ino: u64,
+        new_size: u64,
+        edit: impl FnOnce(&mut InodeRecord),
+    ) -> Result<(), FsError> {
+        if new_size > MAX_FILE_SIZE {
+            return Err(FsError::TooLarge {
+                offset: new_size,
+                len: 0,
+            });
+        }
+        let lock = self.data_lock(ino);
+        let _exclusive = lock.write();
+        let size = self.file_size(ino)?;
+        let body = |rw: &mut Rewrite| {
+            rw.cut_at(new_size, new_size < size);
+            if new_size < size && !new_size.is_multiple_of(BLOCK_SIZE) {
+                let last = round_down(new_size);
+                self.rewrite_range(rw, (last, last + BLOCK_SIZE), true, |b| {
+                    b.bytes[(new_size - b.start) as usize..].fill(0);
+                    if b.mapped[0] {
+                        b.fates[0] = Fate::Store;
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        };
+        self.rewrite(ino, body, |r| {
+            let t = now();
+            r.size = new_size;
+            r.prealloc = false;
+            r.mtime = t;
+            r.ctime = t;
+            edit(r);
+        })
     }
 
     /// Makes `offset..end` read as zeros: partial blocks at either end are rewritten with
