@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use stripefs_mapping::{MapGuard, Mapping};
 
@@ -79,6 +80,9 @@ pub struct IoContext {
     /// During a wait: whether this context watches each touched device's ring.
     watching: Vec<bool>,
     pollfds: Vec<libc::pollfd>,
+    /// For sleeps until an emulated completion is due (made at the first one; `None` while
+    /// there was none, or if no timerfd could be had: then sleeps are in milliseconds).
+    timer: Option<notify::Timer>,
 }
 
 impl IoContext {
@@ -109,6 +113,7 @@ impl IoContext {
             touched: Vec::new(),
             watching: Vec::new(),
             pollfds: Vec::new(),
+            timer: None,
         })
     }
 
@@ -311,7 +316,7 @@ impl IoContext {
         self.pollfds.push(notify::readable(self.shared.wake.raw()));
         // Watches taken in an earlier sleep of this wait are kept until the wait ends.
         self.watching.resize(self.touched.len(), false);
-        let mut due: Option<std::time::Instant> = None;
+        let mut due: Option<Instant> = None;
         for (d, watching) in self.touched.iter().zip(self.watching.iter_mut()) {
             // One waiter per device polls its ring (readable while the completion queue is
             // not empty, so nothing needs resetting); the others sleep on their doorbells.
@@ -326,14 +331,11 @@ impl IoContext {
                 (a, b) => a.or(b),
             };
         }
-        if let Some(fd) = extra {
+        let extra_at = extra.map(|fd| {
             self.pollfds.push(notify::readable(fd));
-        }
-        let timeout = due
-            .map(|t| t.saturating_duration_since(std::time::Instant::now()))
-            .unwrap_or(WAIT_TICK)
-            .min(WAIT_TICK);
-        notify::wait_any(&mut self.pollfds, Some(timeout));
+            self.pollfds.len() - 1
+        });
+        self.sleep(due);
         for (d, &watching) in self.touched.iter().zip(&self.watching) {
             if !watching {
                 d.watch.leave(&self.shared);
@@ -343,12 +345,51 @@ impl IoContext {
         if self.pollfds[0].revents != 0 {
             self.shared.wake.clear();
         }
-        extra.is_some() && self.pollfds.last().is_some_and(|p| p.revents != 0)
+        extra_at.is_some_and(|i| self.pollfds[i].revents != 0)
+    }
+
+    /// Sleeps until one of `pollfds` is readable or a tick passes; with an emulated
+    /// completion `due`, until then at the latest, to within a few µs: a timerfd wakes the
+    /// thread [`SPIN`] before it, and the last stretch is spun (never longer than [`SPIN`],
+    /// and only while a completion is that close).
+    fn sleep(&mut self, due: Option<Instant>) {
+        let left = due.map(|due| due.saturating_duration_since(Instant::now()));
+        match (due, left) {
+            (Some(due), Some(left)) if left <= SPIN => {
+                while Instant::now() < due {
+                    std::hint::spin_loop();
+                }
+            }
+            (_, Some(left)) if left < WAIT_TICK && self.timer().is_some() => {
+                let Some(timer) = &self.timer else { return };
+                timer.arm(left - SPIN);
+                self.pollfds.push(notify::readable(timer.raw()));
+                notify::wait_any(&mut self.pollfds, Some(WAIT_TICK));
+                // Re-arming next time forgets an expiry, so nothing needs reading.
+                self.pollfds.pop();
+            }
+            (_, left) => {
+                let timeout = left.map_or(WAIT_TICK, |l| l.min(WAIT_TICK));
+                notify::wait_any(&mut self.pollfds, Some(timeout));
+            }
+        }
+    }
+
+    /// This context's timer, made at first use (`None` if no timerfd can be had).
+    fn timer(&mut self) -> Option<&notify::Timer> {
+        if self.timer.is_none() {
+            self.timer = notify::Timer::new().ok();
+        }
+        self.timer.as_ref()
     }
 }
 
+/// How close to an emulated completion's due time a waiter stops sleeping and spins: about
+/// a thread's wake-up latency, which would otherwise be added to every emulated latency.
+const SPIN: Duration = Duration::from_micros(30);
+
 /// Longest a waiter sleeps before looking again (a safety net: wake-ups are by eventfd).
-const WAIT_TICK: std::time::Duration = std::time::Duration::from_millis(20);
+const WAIT_TICK: Duration = Duration::from_millis(20);
 
 impl Drop for IoContext {
     /// Waits for requests still in flight: their buffers are pinned until they finish.

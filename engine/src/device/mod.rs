@@ -12,6 +12,7 @@
 //! `wcache`), and any device can record its writes and flushes ([`DeviceQueue::record_to`],
 //! module `record`).
 
+mod bounded;
 mod emulation;
 mod image;
 mod observe;
@@ -26,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::IoUring;
 use parking_lot::{Condvar, Mutex};
@@ -52,11 +53,25 @@ const REAL_MAX_TRANSFER: u64 = 1 << 30;
 pub struct QueueOptions {
     /// Commands in flight at most on this device.
     pub queue_depth: u32,
+    /// How long a command may go unanswered before its request fails with
+    /// [`Error::Timeout`] and the command is cancelled (at least 1 ms).
+    pub timeout: Duration,
+}
+
+impl QueueOptions {
+    /// The command timeout when none is given: long enough for any healthy device under
+    /// load, short enough that a device that stops answering does not hang its users.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The shortest command timeout accepted.
+    pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 }
 
 impl Default for QueueOptions {
     fn default() -> Self {
-        QueueOptions { queue_depth: 64 }
+        QueueOptions {
+            queue_depth: 64,
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
     }
 }
 
@@ -67,7 +82,12 @@ pub struct DeviceStats {
     pub writes: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// Commands that failed, timed-out ones included.
     pub errors: u64,
+    /// Commands that timed out (the device did not answer within its timeout).
+    pub timeouts: u64,
+    /// Times a command that transferred less than asked was resubmitted for the rest.
+    pub resubmitted: u64,
 }
 
 #[derive(Default)]
@@ -77,6 +97,8 @@ struct Counters {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     errors: AtomicU64,
+    timeouts: AtomicU64,
+    resubmitted: AtomicU64,
 }
 
 /// One piece of a request for one device: a contiguous device range and where it goes in
@@ -90,12 +112,30 @@ pub struct Piece {
 
 /// A command on the ring, from submission until its completion is handled.
 struct InFlight {
-    request: Arc<RequestSlot>,
+    /// The request it is part of; `None` once the command timed out and its request was
+    /// failed: the command keeps its slot until the kernel answers (see module `bounded`).
+    request: Option<Arc<RequestSlot>>,
     op: Op,
+    /// The device range of the whole command.
     offset: u64,
     len: u64,
+    /// Bytes transferred so far: a short transfer is resubmitted for the rest.
+    done: u64,
+    /// The fixed-buffer slot holding the command's data, and the address (exposed
+    /// provenance) of its first byte in this process.
+    slot: u16,
+    addr: usize,
     injected: Option<i32>,
-    deadline: Option<Instant>,
+    /// An emulated hang: the command is one that never completes on its own.
+    hung: bool,
+    /// When the timing model lets its completion be delivered.
+    due: Option<Instant>,
+    /// When the command times out.
+    expires: Instant,
+    /// The user data of its entry in the kernel (slot and generation).
+    user_data: u64,
+    /// Timed out and a cancellation queued for it.
+    cancelled: bool,
     /// The write's pre-image, on a device with a write cache.
     cached: Option<wcache::Pending>,
 }
@@ -104,6 +144,11 @@ struct SubmitState {
     free: Vec<u32>,
     /// When the emulated transfer channel is next free.
     channel: Option<Instant>,
+    /// Entries pushed so far (the generation in each command's user data).
+    generation: u32,
+    /// Timed-out commands still waiting for their completion: not free, yet not in use by
+    /// any request either.
+    stuck: u32,
 }
 
 pub(crate) struct DeviceShared {
@@ -114,6 +159,8 @@ pub(crate) struct DeviceShared {
     block_size: u32,
     max_transfer: u64,
     depth: u32,
+    /// How long a command may go unanswered.
+    timeout: Duration,
     direct: bool,
     file: std::fs::File,
     ring: IoUring,
@@ -172,6 +219,7 @@ impl DeviceQueue {
             path: path.to_path_buf(),
             max_transfer: REAL_MAX_TRANSFER,
             depth: options.queue_depth.clamp(1, 4096),
+            timeout: options.timeout.max(QueueOptions::MIN_TIMEOUT),
             timing: TimingModel::default(),
             faults: Faults::default(),
             write_cache: false,
@@ -210,12 +258,17 @@ impl DeviceQueue {
         if let Some(n) = spec.fail_after {
             faults.fail_after(n);
         }
+        if let Some(n) = spec.hang_after {
+            faults.hang_after(n);
+        }
+        faults.short_transfers(spec.short);
         faults.set_offline(spec.offline);
         let config = Config {
             name: format!("emu:{}", path.display()),
             path,
             max_transfer: spec.mdts,
             depth: spec.queue_depth.clamp(1, 4096),
+            timeout: spec.timeout.max(QueueOptions::MIN_TIMEOUT),
             timing: TimingModel {
                 bandwidth: spec.bandwidth,
                 latency: spec.latency,
@@ -260,12 +313,15 @@ impl DeviceQueue {
             block_size: probed.block_size,
             max_transfer: config.max_transfer,
             depth: config.depth,
+            timeout: config.timeout,
             direct: probed.direct,
             file: probed.file,
             ring,
             submit: Mutex::new(SubmitState {
                 free: (0..config.depth).rev().collect(),
                 channel: None,
+                generation: 0,
+                stuck: 0,
             }),
             space: Condvar::new(),
             inflight: (0..config.depth).map(|_| Mutex::new(None)).collect(),
@@ -330,6 +386,12 @@ impl DeviceQueue {
         self.shared.depth
     }
 
+    /// How long a command may go unanswered before its request fails with
+    /// [`Error::Timeout`].
+    pub fn timeout(&self) -> Duration {
+        self.shared.timeout
+    }
+
     /// Whether I/O bypasses the page cache (false only for memory-backed emulation).
     pub fn is_direct(&self) -> bool {
         self.shared.direct
@@ -349,6 +411,8 @@ impl DeviceQueue {
             bytes_read: c.bytes_read.load(Ordering::Relaxed),
             bytes_written: c.bytes_written.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            resubmitted: c.resubmitted.load(Ordering::Relaxed),
         }
     }
 
@@ -425,11 +489,22 @@ impl Drop for Urgent<'_> {
     }
 }
 
+/// One command of a request, as the submission path cuts it.
+struct Command {
+    op: Op,
+    offset: u64,
+    len: u64,
+    region: stripefs_mapping::FixedRegion,
+    /// When the batch it belongs to was submitted.
+    now: Instant,
+}
+
 struct Config {
     name: String,
     path: PathBuf,
     max_transfer: u64,
     depth: u32,
+    timeout: Duration,
     timing: TimingModel,
     faults: Faults,
     write_cache: bool,
@@ -534,7 +609,9 @@ impl DeviceShared {
             });
         }
         // An idle device starts at once; a busy one submits at its next completion, in a batch.
-        let busy = state.free.len() < self.depth as usize;
+        let busy = state.free.len() + (state.stuck as usize) < self.depth as usize;
+        // One clock reading for the batch: its commands' timeouts and timing model.
+        let now = Instant::now();
         let mut queued = 0usize;
         for piece in pieces {
             let mut done = 0;
@@ -555,7 +632,14 @@ impl DeviceShared {
                     .min(region.available);
                 let id = self.take_slot(&mut state, &mut queued);
                 let offset = piece.device_offset + done;
-                self.queue(&mut state, id, op, offset, len, region, request);
+                let command = Command {
+                    op,
+                    offset,
+                    len,
+                    region,
+                    now,
+                };
+                self.queue(&mut state, id, command, request);
                 queued += 1;
                 done += len;
             }
@@ -599,67 +683,100 @@ impl DeviceShared {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn queue(
-        &self,
-        state: &mut SubmitState,
-        id: u32,
-        op: Op,
-        offset: u64,
-        len: u64,
-        region: stripefs_mapping::FixedRegion,
-        request: &Arc<RequestSlot>,
-    ) {
-        let mut injected = self.faults.check(offset, len);
-        let cached = self.pre_image(op, offset, len, &mut injected);
-        let deadline = self.timing.is_active().then(|| {
-            self.timing
-                .schedule(&mut state.channel, Instant::now(), len)
-        });
+    /// Queues one command of `request` as in-flight slot `id`, with the faults and the
+    /// timing the device decides for it.
+    fn queue(&self, state: &mut SubmitState, id: u32, c: Command, request: &Arc<RequestSlot>) {
+        // A hung device answers nothing, and touches nothing either.
+        let hung = self.faults.hangs();
+        let mut injected = (!hung)
+            .then(|| self.faults.check(c.offset, c.len))
+            .flatten();
+        let cached = (!hung)
+            .then(|| self.pre_image(c.op, c.offset, c.len, &mut injected))
+            .flatten();
+        let due = (!hung && self.timing.is_active())
+            .then(|| self.timing.schedule(&mut state.channel, c.now, c.len));
         request.add_parts(1);
-        *self.inflight[id as usize].lock() = Some(InFlight {
-            request: request.clone(),
+        let command = InFlight {
+            request: Some(request.clone()),
+            op: c.op,
+            offset: c.offset,
+            len: c.len,
+            done: 0,
+            slot: c.region.slot,
+            addr: c.region.addr.expose_provenance(),
+            injected,
+            hung,
+            due,
+            expires: c.now + self.timeout,
+            user_data: 0,
+            cancelled: false,
+            cached,
+        };
+        self.push(state, id, command);
+    }
+
+    /// Puts `command` on the ring as in-flight slot `id`, under a fresh user data.
+    fn push(&self, state: &mut SubmitState, id: u32, mut command: InFlight) {
+        state.generation = state.generation.wrapping_add(1);
+        command.user_data = ring::command_data(id, state.generation);
+        let user_data = command.user_data;
+        let entry = self.entry(&command);
+        *self.inflight[id as usize].lock() = Some(command);
+        // SAFETY: we hold the submission lock; the request in the in-flight table holds the
+        // mapping guard, which keeps the command's fixed-buffer region attached and mapped
+        // until the completion (or, once the command times out, the kernel's own pin of the
+        // registered pages does: see module `bounded`).
+        let pushed = unsafe { ring::push(&self.ring, &entry, user_data) };
+        if pushed {
+            return;
+        }
+        // Cannot happen: the ring has more entries than the queue depth. Complete the
+        // command as failed rather than lose it.
+        state.free.push(id);
+        let command = self.inflight[id as usize].lock().take();
+        if let Some(InFlight {
+            request: Some(request),
             op,
             offset,
             len,
-            injected,
-            deadline,
-            cached,
-        });
+            ..
+        }) = command
+        {
+            let busy = std::io::Error::from_raw_os_error(libc::EBUSY);
+            request.complete_part(Err(self.io_error(op, offset, len, busy)));
+        }
+    }
+
+    /// The ring entry for what is left of `command`.
+    fn entry(&self, command: &InFlight) -> ring::Entry {
+        if command.hung {
+            return ring::Entry::Hang;
+        }
+        if command.injected.is_some() {
+            return ring::Entry::Nop;
+        }
         let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
-        let entry = match (injected, op) {
-            (Some(_), _) => ring::Entry::Nop,
-            (None, Op::Read) => ring::Entry::Read {
+        let offset = command.offset + command.done;
+        let addr = std::ptr::with_exposed_provenance_mut(command.addr + command.done as usize);
+        // At most the device's maximum transfer (at most 1 GiB), so it fits.
+        let len = self.faults.transfer(command.len - command.done) as u32;
+        let slot = command.slot;
+        match command.op {
+            Op::Read => ring::Entry::Read {
                 fd,
                 offset,
-                addr: region.addr,
-                len: len as u32,
-                slot: region.slot,
+                addr,
+                len,
+                slot,
             },
-            (None, Op::Write) => ring::Entry::Write {
+            Op::Write => ring::Entry::Write {
                 fd,
                 offset,
-                addr: region.addr,
-                len: len as u32,
-                slot: region.slot,
+                addr,
+                len,
+                slot,
             },
-        };
-        // SAFETY: we hold the submission lock; the request in the in-flight table holds the
-        // mapping guard, which keeps `region` attached and mapped until the completion.
-        let pushed = unsafe { ring::push(&self.ring, &entry, u64::from(id)) };
-        if !pushed {
-            // Cannot happen: the ring has more entries than the queue depth. Complete the
-            // command as failed rather than lose it.
-            let slot = self.inflight[id as usize].lock().take();
-            state.free.push(id);
-            if let Some(slot) = slot {
-                slot.request.complete_part(Err(self.io_error(
-                    op,
-                    offset,
-                    len,
-                    std::io::Error::from_raw_os_error(libc::EBUSY),
-                )));
-            }
         }
     }
 

@@ -137,11 +137,12 @@ impl DeviceShared {
         Ok(report)
     }
 
-    /// Waits until no command is in flight (each one's completion handled, its slot free).
+    /// Waits until no request has a command in flight (each one's completion handled, its
+    /// slot free, or timed out).
     fn wait_idle(&self) {
         self.begin_urgent();
         let mut state = self.submit.lock();
-        while state.free.len() < self.depth as usize {
+        while state.free.len() + (state.stuck as usize) < self.depth as usize {
             // Deferred entries must reach the kernel to complete at all.
             self.deferred.store(false, Ordering::Release);
             self.kick();

@@ -23,6 +23,31 @@ pub(crate) enum Entry {
     },
     /// A command that does nothing; its completion carries an injected fault.
     Nop,
+    /// A command that never completes on its own (an emulated hung device): a timeout op
+    /// that would expire only in a century. It ends when it is cancelled.
+    Hang,
+    /// Cancels the command whose user data is `target` (a timed-out command).
+    Cancel { target: u64 },
+}
+
+/// User data of the engine's own entries (cancellations), which complete no command. Command
+/// user data never has this bit: see [`command_data`].
+pub(crate) const CONTROL: u64 = 1 << 63;
+
+/// "Never" for [`Entry::Hang`]: a century. The kernel reads it when the entry is submitted,
+/// which may be after the push: a static is valid whenever that is.
+static HANG: types::Timespec = types::Timespec::new().sec(100 * 365 * 24 * 3600);
+
+/// The user data of command slot `id` in its `generation`th use: the slot in the low 32 bits,
+/// the generation above it (31 bits, never [`CONTROL`]). A cancellation names the exact use
+/// it targets, so it can never cancel a later command that reuses the slot.
+pub(crate) fn command_data(id: u32, generation: u32) -> u64 {
+    (u64::from(generation & 0x7fff_ffff) << 32) | u64::from(id)
+}
+
+/// The command slot that a command's user data names; `None` for the engine's own entries.
+pub(crate) fn command_slot(user_data: u64) -> Option<u32> {
+    (user_data & CONTROL == 0).then_some(user_data as u32)
 }
 
 impl Entry {
@@ -47,6 +72,8 @@ impl Entry {
                 .offset(offset)
                 .build(),
             Entry::Nop => opcode::Nop::new().build(),
+            Entry::Hang => opcode::Timeout::new(&HANG).build(),
+            Entry::Cancel { target } => opcode::AsyncCancel::new(target).build(),
         }
         .user_data(user_data)
     }
