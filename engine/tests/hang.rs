@@ -38,7 +38,9 @@ fn filled() -> (Volume, Buffer, Mapping) {
     pattern::fill(SEED, 0, &mut data);
     buffer.write_at(0, &data).expect("fill");
     let mapping = volume.register(&buffer).expect("register");
-    volume.write(&mapping, 0, 0, 1 << 20).expect("write the pattern");
+    volume
+        .write(&mapping, 0, 0, 1 << 20)
+        .expect("write the pattern");
     buffer.write_at(0, &vec![0u8; 1 << 20]).expect("clear");
     (volume, buffer, mapping)
 }
@@ -75,13 +77,15 @@ fn assert_exact(buffer: &Buffer, unit: u64) {
 fn assert_timed_out(c: &Completion, volume: &Volume) {
     let hung = volume.devices()[HUNG].name();
     match &c.result {
-        Err(e @ Error::Timeout {
-            device,
-            op,
-            offset,
-            len,
-            timeout,
-        }) => {
+        Err(
+            e @ Error::Timeout {
+                device,
+                op,
+                offset,
+                len,
+                timeout,
+            },
+        ) => {
             assert_eq!(device, hung);
             assert_eq!(*op, Op::Read);
             assert_eq!(*len, UNIT);
@@ -118,7 +122,11 @@ fn a_hung_device_fails_its_requests_in_time_and_the_others_complete_exactly() {
         if column(c.tag * UNIT) == HUNG {
             assert_timed_out(c, &volume);
             assert!(*at >= TIMEOUT, "request {} failed early, at {at:?}", c.tag);
-            assert!(*at < TIMEOUT + SLACK, "request {} failed late, at {at:?}", c.tag);
+            assert!(
+                *at < TIMEOUT + SLACK,
+                "request {} failed late, at {at:?}",
+                c.tag
+            );
         } else {
             assert_eq!(c.result.as_ref().ok(), Some(&UNIT), "request {}", c.tag);
             assert_exact(&buffer, c.tag);
@@ -147,7 +155,9 @@ fn a_hung_device_fails_its_requests_in_time_and_the_others_complete_exactly() {
     // again, it serves every unit with exact data.
     volume.devices()[HUNG].faults().clear();
     buffer.write_at(0, &vec![0u8; 1 << 20]).expect("clear");
-    volume.read(&mapping, 0, 0, 1 << 20).expect("read after the fault");
+    volume
+        .read(&mapping, 0, 0, 1 << 20)
+        .expect("read after the fault");
     for unit in 0..16 {
         assert_exact(&buffer, unit);
     }
@@ -177,7 +187,9 @@ fn migrating_a_buffer_with_io_on_a_hung_device_ends_in_bounded_time() {
     assert!(took < TIMEOUT + SLACK, "migrate took {took:?}");
     collect_timeout(&mut ctx, &volume);
     // The mapping maps again on the new pages: the healthy devices serve it exactly.
-    volume.read(&mapping, 0, 0, UNIT).expect("read after migrate");
+    volume
+        .read(&mapping, 0, 0, UNIT)
+        .expect("read after migrate");
     assert_exact(&buffer, 0);
 }
 
@@ -226,7 +238,10 @@ fn more_hung_commands_than_the_queue_holds_all_time_out() {
         .expect_err("a hung read");
     let took = started.elapsed();
     println!("12 commands on a hung device with 4 slots: failed after {took:?}");
-    assert!(matches!(&e, Error::Timeout { device, .. } if *device == name), "{e}");
+    assert!(
+        matches!(&e, Error::Timeout { device, .. } if *device == name),
+        "{e}"
+    );
     assert!(took >= TIMEOUT, "{took:?}");
     assert!(took < 3 * (TIMEOUT + SLACK), "{took:?}");
     assert_eq!(volume.devices()[0].stats().timeouts, 12);

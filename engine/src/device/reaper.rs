@@ -213,10 +213,7 @@ pub(super) fn run(dev: &DeviceShared) {
         let due = dev
             .next_due()
             .map_or(scan, |due| due.saturating_duration_since(now).min(scan));
-        let in_standby = dev.active.load(Ordering::Acquire) > 0
-            && dev.urgent.load(Ordering::Acquire) == 0
-            && !dev.closed.load(Ordering::Acquire);
-        if in_standby {
+        if dev.stands_by() {
             let tick = due.min(STANDBY_TICK);
             notify::wait_any(&mut standby, Some(tick));
             if standby[0].revents != 0 {
@@ -231,7 +228,21 @@ pub(super) fn run(dev: &DeviceShared) {
             if watch[1].revents != 0 {
                 dev.standby.clear();
             }
+            if dev.stands_by() {
+                // A context took the device while we slept: the completion that woke us is
+                // its to handle (draining it here would race with its waiter).
+                continue;
+            }
         }
         dev.drain();
+    }
+}
+
+impl DeviceShared {
+    /// Whether the reaper leaves draining to the I/O contexts using the device.
+    fn stands_by(&self) -> bool {
+        self.active.load(Ordering::Acquire) > 0
+            && self.urgent.load(Ordering::Acquire) == 0
+            && !self.closed.load(Ordering::Acquire)
     }
 }
