@@ -276,3 +276,42 @@ fn short_transfers_are_resubmitted_for_the_rest_with_exact_data() {
         );
     }
 }
+
+#[test]
+fn a_timed_out_command_keeps_its_slot_until_the_device_answers() {
+    // One slot; the device answers after 600 ms, the timeout is 100 ms. The first read fails
+    // at the timeout, but its command still holds the only slot until the answer comes (the
+    // kernel may still be using its buffer), so the second read cannot start before then.
+    let spec: DeviceSpec = "emu:mem,size=8M,qd=1,lat=600ms,timeout=100ms"
+        .parse()
+        .expect("spec");
+    let volume = Volume::raw(DeviceQueue::open(&spec).expect("open")).expect("volume");
+    let buffer = Buffer::new(1 << 20).expect("buffer");
+    let mapping = volume.register(&buffer).expect("register");
+    let started = Instant::now();
+    let first = volume.read(&mapping, 0, 0, 4096);
+    let first_at = started.elapsed();
+    let second = volume.read(&mapping, 4096, 4096, 4096);
+    let second_at = started.elapsed();
+    println!(
+        "one slot, answers after 600 ms, timeout 100 ms: failed at {first_at:?} and {second_at:?}"
+    );
+    assert!(
+        matches!(first, Err(Error::Timeout { offset: 0, .. })),
+        "{first:?}"
+    );
+    assert!(first_at >= Duration::from_millis(100), "{first_at:?}");
+    assert!(
+        first_at < Duration::from_millis(100) + SLACK,
+        "{first_at:?}"
+    );
+    assert!(
+        matches!(second, Err(Error::Timeout { offset: 4096, .. })),
+        "{second:?}"
+    );
+    assert!(
+        second_at >= Duration::from_millis(600),
+        "the second command got the slot at {second_at:?}, before the first was answered"
+    );
+    assert_eq!(volume.devices()[0].stats().timeouts, 2);
+}
