@@ -9,6 +9,11 @@
 //! unregistration fencing its mapping, and the device's close all wait at most the timeout
 //! (plus one scan period), whether or not the device ever answers.
 //!
+//! Why not a `LINK_TIMEOUT` linked to each command: that is a second entry, a second
+//! completion and a kernel timer armed and cancelled per command on the hot path, for an
+//! event that almost never happens; a deadline costs one clock reading per batch, and the
+//! scan runs only while commands are in flight.
+//!
 //! # A timed-out command keeps its slot, and its memory stays safe
 //!
 //! Failing the request drops its mapping guard, so a migration or unregistration may go on

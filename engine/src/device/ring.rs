@@ -160,3 +160,21 @@ pub(crate) unsafe fn reap(ring: &IoUring, out: &mut Vec<(u64, i32)>) {
     let cq = unsafe { ring.completion_shared() };
     out.extend(cq.map(|cqe| (cqe.user_data(), cqe.result())));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_data_names_slot_and_generation_and_is_never_control() {
+        let a = command_data(5, 1);
+        let b = command_data(5, 2);
+        assert_ne!(a, b, "two uses of a slot must differ");
+        assert_eq!(command_slot(a), Some(5));
+        assert_eq!(command_slot(b), Some(5));
+        let wrapped = command_data(u32::MAX, u32::MAX);
+        assert_eq!(wrapped & CONTROL, 0);
+        assert_eq!(command_slot(wrapped), Some(u32::MAX));
+        assert_eq!(command_slot(CONTROL), None);
+    }
+}
