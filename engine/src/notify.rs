@@ -4,6 +4,15 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+/// Takes ownership of the descriptor a creating call just returned (negative: it failed).
+fn owned(fd: libc::c_int) -> std::io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the call that returned `fd` made a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// A non-blocking eventfd.
 #[derive(Debug)]
 pub(crate) struct EventFd {
@@ -14,12 +23,7 @@ impl EventFd {
     pub(crate) fn new() -> std::io::Result<Self> {
         // SAFETY: eventfd creates a new descriptor; no memory is involved.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: eventfd returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(EventFd { fd })
+        Ok(EventFd { fd: owned(fd)? })
     }
 
     pub(crate) fn raw(&self) -> RawFd {
@@ -62,12 +66,7 @@ impl Timer {
                 libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
             )
         };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: timerfd_create returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Timer { fd })
+        Ok(Timer { fd: owned(fd)? })
     }
 
     pub(crate) fn raw(&self) -> RawFd {
