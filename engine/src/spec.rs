@@ -409,10 +409,12 @@ impl EmulatedSpec {
     pub const DEFAULT_QUEUE_DEPTH: u32 = 64;
     /// The largest queue depth accepted.
     pub const MAX_QUEUE_DEPTH: u32 = 4096;
-    /// The command timeout when `timeout=` is not given.
-    pub const DEFAULT_TIMEOUT: Duration = crate::device::QueueOptions::DEFAULT_TIMEOUT;
+    /// The command timeout when `timeout=` is not given (of every device: paths get it
+    /// through `QueueOptions`): long enough for any healthy device under load, short enough
+    /// that a device that stops answering does not hang its users.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
     /// The shortest command timeout accepted.
-    pub const MIN_TIMEOUT: Duration = crate::device::QueueOptions::MIN_TIMEOUT;
+    pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
     /// The keys a spec may hold.
     const KEYS: [&'static str; 13] = [
         "size",

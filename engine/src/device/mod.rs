@@ -59,11 +59,10 @@ pub struct QueueOptions {
 }
 
 impl QueueOptions {
-    /// The command timeout when none is given: long enough for any healthy device under
-    /// load, short enough that a device that stops answering does not hang its users.
-    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The command timeout when none is given (30 s, as for emulated devices).
+    pub const DEFAULT_TIMEOUT: Duration = EmulatedSpec::DEFAULT_TIMEOUT;
     /// The shortest command timeout accepted.
-    pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+    pub const MIN_TIMEOUT: Duration = EmulatedSpec::MIN_TIMEOUT;
 }
 
 impl Default for QueueOptions {
