@@ -26,6 +26,8 @@ pub struct FanOut<'a> {
     guard: &'a MapGuard,
     slot: &'a Arc<RequestSlot>,
     touched: &'a mut Vec<Arc<DeviceShared>>,
+    /// When emulated timing lets the last command so far complete.
+    due: Option<Instant>,
 }
 
 impl FanOut<'_> {
@@ -45,7 +47,10 @@ impl FanOut<'_> {
             self.touched.push(device.shared().clone());
         }
         match self.guard.attachment(attachment) {
-            Some(att) => device.submit(self.op, pieces, att, self.slot),
+            Some(att) => {
+                let due = device.submit(self.op, pieces, att, self.slot);
+                self.due = self.due.max(due);
+            }
             None if device.faults().is_offline() => self.fail(Error::DeviceOffline {
                 device: device.name().to_string(),
             }),
@@ -80,6 +85,10 @@ pub struct IoContext {
     /// During a wait: whether this context watches each touched device's ring.
     watching: Vec<bool>,
     pollfds: Vec<libc::pollfd>,
+    /// The earliest instant emulated timing lets a request submitted since the last wait
+    /// complete: a waiter that finds no completion yet (the backing's may come late) spins
+    /// or sets its timer for it rather than sleeping until the completion wakes it.
+    expected: Option<Instant>,
     /// For sleeps until an emulated completion is due (made at the first one; `None` while
     /// there was none, or if no timerfd could be had: then sleeps are in milliseconds).
     timer: Option<notify::Timer>,
@@ -113,6 +122,7 @@ impl IoContext {
             touched: Vec::new(),
             watching: Vec::new(),
             pollfds: Vec::new(),
+            expected: None,
             timer: None,
         })
     }
@@ -154,12 +164,17 @@ impl IoContext {
         };
         slot.begin(tag, len);
         *slot.hold.lock() = hold;
-        plan(&mut FanOut {
+        let mut fan_out = FanOut {
             op,
             guard: &guard,
             slot,
             touched: &mut self.touched,
-        });
+            due: None,
+        };
+        plan(&mut fan_out);
+        if let Some(due) = fan_out.due {
+            self.expected = Some(self.expected.map_or(due, |e| e.min(due)));
+        }
         // The submitter's reference keeps the request open until here, so the guard is in
         // place before the last device command can finish and release it.
         *slot.guard.lock() = Some(guard);
@@ -326,11 +341,12 @@ impl IoContext {
             if *watching {
                 self.pollfds.push(notify::readable(d.ring_fd()));
             }
-            due = match (due, d.next_due()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            due = earliest(due, d.next_due());
         }
+        // A request expected soon (or up to SPIN ago: the backing's own completion may come
+        // a little late) whose completion has not come yet: look again at once.
+        self.expected = self.expected.filter(|&e| Instant::now() < e + SPIN);
+        let due = earliest(due, self.expected);
         let extra_at = extra.map(|fd| {
             self.pollfds.push(notify::readable(fd));
             self.pollfds.len() - 1
@@ -381,6 +397,13 @@ impl IoContext {
             self.timer = notify::Timer::new().ok();
         }
         self.timer.as_ref()
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

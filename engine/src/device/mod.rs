@@ -453,15 +453,17 @@ impl DeviceQueue {
 
     /// Submits `pieces` of one request as one batch (one lock, one submit call), each split
     /// at the attachment's slot boundaries and at the device's maximum transfer. Failures are
-    /// recorded on the request.
+    /// recorded on the request. Returns when the timing model lets the last of these
+    /// commands complete, on an emulated device with one (a waiter's hint: the completions
+    /// themselves may come before it and are held back).
     pub(crate) fn submit(
         &self,
         op: Op,
         pieces: impl Iterator<Item = Piece>,
         attachment: &Attachment,
         request: &Arc<RequestSlot>,
-    ) {
-        self.shared.submit(op, pieces, attachment, request);
+    ) -> Option<Instant> {
+        self.shared.submit(op, pieces, attachment, request)
     }
 }
 
@@ -587,31 +589,35 @@ impl DeviceShared {
         pieces: impl Iterator<Item = Piece>,
         attachment: &Attachment,
         request: &Arc<RequestSlot>,
-    ) {
+    ) -> Option<Instant> {
         if self.faults.is_offline() {
-            return request.fail(Error::DeviceOffline {
+            request.fail(Error::DeviceOffline {
                 device: self.name.clone(),
             });
+            return None;
         }
         let mut state = self.submit.lock();
         // Checked under the lock: once `close` has run, the reaper may exit when idle, so
         // nothing may be queued after it.
         if self.closed.load(Ordering::Acquire) {
-            return request.fail(Error::DeviceClosed {
+            request.fail(Error::DeviceClosed {
                 device: self.name.clone(),
             });
+            return None;
         }
         // Also under the lock: a power cut waits for what is in flight once it has set this.
         if self.is_powered_off() {
-            return request.fail(Error::DeviceOffline {
+            request.fail(Error::DeviceOffline {
                 device: self.name.clone(),
             });
+            return None;
         }
         // An idle device starts at once; a busy one submits at its next completion, in a batch.
         let busy = state.free.len() + (state.stuck as usize) < self.depth as usize;
         // One clock reading for the batch: its commands' timeouts and timing model.
         let now = Instant::now();
         let mut queued = 0usize;
+        let mut last_due = None;
         for piece in pieces {
             let mut done = 0;
             while done < piece.len {
@@ -638,7 +644,7 @@ impl DeviceShared {
                     region,
                     now,
                 };
-                self.queue(&mut state, id, command, request);
+                last_due = last_due.max(self.queue(&mut state, id, command, request));
                 queued += 1;
                 done += len;
             }
@@ -651,6 +657,7 @@ impl DeviceShared {
                 self.kick();
             }
         }
+        last_due
     }
 
     /// Submits entries whose submission was deferred.
@@ -683,8 +690,14 @@ impl DeviceShared {
     }
 
     /// Queues one command of `request` as in-flight slot `id`, with the faults and the
-    /// timing the device decides for it.
-    fn queue(&self, state: &mut SubmitState, id: u32, c: Command, request: &Arc<RequestSlot>) {
+    /// timing the device decides for it; returns when the timing model lets it complete.
+    fn queue(
+        &self,
+        state: &mut SubmitState,
+        id: u32,
+        c: Command,
+        request: &Arc<RequestSlot>,
+    ) -> Option<Instant> {
         // A hung device answers nothing, and touches nothing either.
         let hung = self.faults.hangs();
         let mut injected = (!hung)
@@ -713,6 +726,7 @@ impl DeviceShared {
             cached,
         };
         self.push(state, id, command);
+        due
     }
 
     /// Puts `command` on the ring as in-flight slot `id`, under a fresh user data.
