@@ -26,12 +26,17 @@
 //!   It is counted in `SubmitState::stuck` meanwhile, so it does not count as busy for
 //!   `idle` or a power cut. No second command can be given its slot number or user data.
 //! - The kernel does not reach the memory through our mapping: `READ_FIXED`/`WRITE_FIXED`
-//!   resolve the fixed buffer when the command is issued, into the pages the kernel pinned
-//!   when the buffer was registered, and the command holds a reference to that registration
-//!   until it completes. Updating or clearing the fixed-buffer slot (detach) only drops the
-//!   table's reference: the pages stay pinned until the last command using them completes.
-//!   So a late transfer lands in (or is taken from) pages that cannot have been freed and
-//!   reused by anyone else, however late it comes.
+//!   resolve the fixed buffer when the kernel first issues the entry, within the
+//!   `io_uring_enter` that submits it (punted work keeps what it resolved), into the pages
+//!   it pinned when the buffer was registered, and the command holds a reference to that
+//!   registration until it completes. Updating or clearing the fixed-buffer slot (detach)
+//!   only drops the table's reference: the pages stay pinned until the last command using
+//!   them completes, and a slot given to other memory later is not looked at again. So a
+//!   late transfer lands in (or is taken from) pages that cannot have been freed and reused
+//!   by anyone else, however late it comes.
+//! - For that, a command must be in the kernel before it is given up: the scan submits
+//!   whatever is still queued in the ring (a deferred batch) before it fails any request,
+//!   and gives up nothing if that submission fails.
 //! - What remains is that those pages may still be the caller's buffer (after an
 //!   unregistration, or a timeout with no unregistration): a timed-out read may still write
 //!   into the request's own buffer range later, and a timed-out write may still reach the
@@ -83,6 +88,12 @@ impl DeviceShared {
         if state.free.len() + state.stuck as usize == self.depth as usize {
             return next;
         }
+        // Every command must be in the kernel before any is given up: one still queued in
+        // the ring would resolve its fixed buffer only later, when the attachment may be
+        // gone and its slot given to other memory (see the module docs).
+        if self.submit_queued().is_err() {
+            return next;
+        }
         let mut cancels = 0;
         for slot in self.inflight.iter() {
             let mut slot = slot.lock();
@@ -113,6 +124,13 @@ impl DeviceShared {
             request.complete_part(Err(error));
         }
         next
+    }
+
+    /// Submits every entry queued in the ring (an error if the kernel did not take them
+    /// all). The caller holds the submission lock.
+    fn submit_queued(&self) -> std::io::Result<()> {
+        // SAFETY: the caller holds the submission lock.
+        unsafe { ring::submit_all(&self.ring) }
     }
 
     /// Queues a cancellation of the command whose entry has `user_data`; false if the ring

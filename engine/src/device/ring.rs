@@ -138,6 +138,22 @@ pub(crate) fn submit(ring: &IoUring) -> io::Result<()> {
     }
 }
 
+/// Submits what is queued and checks that the kernel took all of it (an error otherwise).
+///
+/// # Safety
+/// The caller must hold the device's submission lock (no other `SubmissionQueue` may exist).
+pub(crate) unsafe fn submit_all(ring: &IoUring) -> io::Result<()> {
+    submit(ring)?;
+    // SAFETY: exclusive access to the SQ is guaranteed by the caller's lock.
+    let mut sq = unsafe { ring.submission_shared() };
+    sq.sync();
+    if sq.is_empty() {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EAGAIN))
+    }
+}
+
 /// `IORING_ENTER_GETEVENTS` (include/uapi/linux/io_uring.h).
 const ENTER_GETEVENTS: u32 = 1;
 
