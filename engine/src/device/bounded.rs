@@ -23,8 +23,9 @@
 //!
 //! - The in-flight slot is not freed: the command stays in the table, with no request,
 //!   until its completion arrives (whatever its result), and only then is the slot reused.
-//!   It is counted in `SubmitState::stuck` meanwhile, so it does not count as busy for
-//!   `idle` or a power cut. No second command can be given its slot number or user data.
+//!   It is counted in `SubmitState::stuck` meanwhile, so closing does not wait for it (a
+//!   power cut does: it may still change the backing). No second command can be given its
+//!   slot number or user data.
 //! - The kernel does not reach the memory through our mapping: `READ_FIXED`/`WRITE_FIXED`
 //!   resolve the fixed buffer when the kernel first issues the entry, within the
 //!   `io_uring_enter` that submits it (punted work keeps what it resolved), into the pages

@@ -137,12 +137,14 @@ impl DeviceShared {
         Ok(report)
     }
 
-    /// Waits until no request has a command in flight (each one's completion handled, its
-    /// slot free, or timed out).
+    /// Waits until no command is in flight (each one's completion handled, its slot free).
+    /// Timed-out commands are waited for too: one may still change the backing, which the
+    /// cut must know of. Only emulated devices have a cache, and theirs always complete (a
+    /// hung one once cancelled, a held one when due), so this wait is bounded.
     fn wait_idle(&self) {
         self.begin_urgent();
         let mut state = self.submit.lock();
-        while state.free.len() + (state.stuck as usize) < self.depth as usize {
+        while state.free.len() < self.depth as usize {
             // Deferred entries must reach the kernel to complete at all.
             self.deferred.store(false, Ordering::Release);
             self.kick();
