@@ -85,9 +85,10 @@ pub struct IoContext {
     /// During a wait: whether this context watches each touched device's ring.
     watching: Vec<bool>,
     pollfds: Vec<libc::pollfd>,
-    /// The earliest instant emulated timing lets a request submitted since the last wait
-    /// complete: a waiter that finds no completion yet (the backing's may come late) spins
-    /// or sets its timer for it rather than sleeping until the completion wakes it.
+    /// The earliest instant emulated timing lets a request submitted here complete (until
+    /// it is [`SPIN`] past): a waiter that finds no completion yet (the backing's may come
+    /// late) spins or sets its timer for it rather than sleeping until the completion wakes
+    /// it, which would add a thread's wake-up latency to the emulated one.
     expected: Option<Instant>,
     /// For sleeps until an emulated completion is due (made at the first one; `None` while
     /// there was none, or if no timerfd could be had: then sleeps are in milliseconds).
@@ -400,6 +401,7 @@ impl IoContext {
     }
 }
 
+/// The earlier of two instants, either of which may be missing.
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
