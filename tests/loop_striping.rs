@@ -60,8 +60,14 @@ fn four_loop_devices_striped() {
             .devices
             .iter()
             .map(|d| {
-                DeviceQueue::open_path(d, &QueueOptions { queue_depth: 32 })
-                    .unwrap_or_else(|e| panic!("open {}: {e}", d.display()))
+                DeviceQueue::open_path(
+                    d,
+                    &QueueOptions {
+                        queue_depth: 32,
+                        ..QueueOptions::default()
+                    },
+                )
+                .unwrap_or_else(|e| panic!("open {}: {e}", d.display()))
             })
             .collect();
         for (d, path) in devices.iter().zip(&loops.devices) {

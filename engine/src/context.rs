@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use stripefs_mapping::{MapGuard, Mapping};
 
@@ -25,6 +26,8 @@ pub struct FanOut<'a> {
     guard: &'a MapGuard,
     slot: &'a Arc<RequestSlot>,
     touched: &'a mut Vec<Arc<DeviceShared>>,
+    /// When emulated timing lets the last command so far complete.
+    due: Option<Instant>,
 }
 
 impl FanOut<'_> {
@@ -44,7 +47,10 @@ impl FanOut<'_> {
             self.touched.push(device.shared().clone());
         }
         match self.guard.attachment(attachment) {
-            Some(att) => device.submit(self.op, pieces, att, self.slot),
+            Some(att) => {
+                let due = device.submit(self.op, pieces, att, self.slot);
+                self.due = self.due.max(due);
+            }
             None if device.faults().is_offline() => self.fail(Error::DeviceOffline {
                 device: device.name().to_string(),
             }),
@@ -79,6 +85,14 @@ pub struct IoContext {
     /// During a wait: whether this context watches each touched device's ring.
     watching: Vec<bool>,
     pollfds: Vec<libc::pollfd>,
+    /// The earliest instant emulated timing lets a request submitted here complete (until
+    /// it is [`SPIN`] past): a waiter that finds no completion yet (the backing's may come
+    /// late) spins or sets its timer for it rather than sleeping until the completion wakes
+    /// it, which would add a thread's wake-up latency to the emulated one.
+    expected: Option<Instant>,
+    /// For sleeps until an emulated completion is due (made at the first one; `None` while
+    /// there was none, or if no timerfd could be had: then sleeps are in milliseconds).
+    timer: Option<notify::Timer>,
 }
 
 impl IoContext {
@@ -109,6 +123,8 @@ impl IoContext {
             touched: Vec::new(),
             watching: Vec::new(),
             pollfds: Vec::new(),
+            expected: None,
+            timer: None,
         })
     }
 
@@ -149,12 +165,17 @@ impl IoContext {
         };
         slot.begin(tag, len);
         *slot.hold.lock() = hold;
-        plan(&mut FanOut {
+        let mut fan_out = FanOut {
             op,
             guard: &guard,
             slot,
             touched: &mut self.touched,
-        });
+            due: None,
+        };
+        plan(&mut fan_out);
+        if let Some(due) = fan_out.due {
+            self.expected = Some(self.expected.map_or(due, |e| e.min(due)));
+        }
         // The submitter's reference keeps the request open until here, so the guard is in
         // place before the last device command can finish and release it.
         *slot.guard.lock() = Some(guard);
@@ -311,7 +332,7 @@ impl IoContext {
         self.pollfds.push(notify::readable(self.shared.wake.raw()));
         // Watches taken in an earlier sleep of this wait are kept until the wait ends.
         self.watching.resize(self.touched.len(), false);
-        let mut due: Option<std::time::Instant> = None;
+        let mut due: Option<Instant> = None;
         for (d, watching) in self.touched.iter().zip(self.watching.iter_mut()) {
             // One waiter per device polls its ring (readable while the completion queue is
             // not empty, so nothing needs resetting); the others sleep on their doorbells.
@@ -321,19 +342,17 @@ impl IoContext {
             if *watching {
                 self.pollfds.push(notify::readable(d.ring_fd()));
             }
-            due = match (due, d.next_due()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            due = earliest(due, d.next_due());
         }
-        if let Some(fd) = extra {
+        // A request expected soon (or up to SPIN ago: the backing's own completion may come
+        // a little late) whose completion has not come yet: look again at once.
+        self.expected = self.expected.filter(|&e| Instant::now() < e + SPIN);
+        let due = earliest(due, self.expected);
+        let extra_at = extra.map(|fd| {
             self.pollfds.push(notify::readable(fd));
-        }
-        let timeout = due
-            .map(|t| t.saturating_duration_since(std::time::Instant::now()))
-            .unwrap_or(WAIT_TICK)
-            .min(WAIT_TICK);
-        notify::wait_any(&mut self.pollfds, Some(timeout));
+            self.pollfds.len() - 1
+        });
+        self.sleep(due);
         for (d, &watching) in self.touched.iter().zip(&self.watching) {
             if !watching {
                 d.watch.leave(&self.shared);
@@ -343,12 +362,59 @@ impl IoContext {
         if self.pollfds[0].revents != 0 {
             self.shared.wake.clear();
         }
-        extra.is_some() && self.pollfds.last().is_some_and(|p| p.revents != 0)
+        extra_at.is_some_and(|i| self.pollfds[i].revents != 0)
+    }
+
+    /// Sleeps until one of `pollfds` is readable or a tick passes; with an emulated
+    /// completion `due`, until then at the latest, to within a few µs: a timerfd wakes the
+    /// thread [`SPIN`] before it, and the last stretch is spun (never longer than [`SPIN`],
+    /// and only while a completion is that close).
+    fn sleep(&mut self, due: Option<Instant>) {
+        let left = due.map(|due| due.saturating_duration_since(Instant::now()));
+        match (due, left) {
+            (Some(due), Some(left)) if left <= SPIN => {
+                while Instant::now() < due {
+                    std::hint::spin_loop();
+                }
+            }
+            (_, Some(left)) if left < WAIT_TICK && self.timer().is_some() => {
+                let Some(timer) = &self.timer else { return };
+                timer.arm(left - SPIN);
+                self.pollfds.push(notify::readable(timer.raw()));
+                notify::wait_any(&mut self.pollfds, Some(WAIT_TICK));
+                // Re-arming next time forgets an expiry, so nothing needs reading.
+                self.pollfds.pop();
+            }
+            (_, left) => {
+                let timeout = left.map_or(WAIT_TICK, |l| l.min(WAIT_TICK));
+                notify::wait_any(&mut self.pollfds, Some(timeout));
+            }
+        }
+    }
+
+    /// This context's timer, made at first use (`None` if no timerfd can be had).
+    fn timer(&mut self) -> Option<&notify::Timer> {
+        if self.timer.is_none() {
+            self.timer = notify::Timer::new().ok();
+        }
+        self.timer.as_ref()
     }
 }
 
+/// The earlier of two instants, either of which may be missing.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// How close to an emulated completion's due time a waiter stops sleeping and spins: about
+/// a thread's wake-up latency, which would otherwise be added to every emulated latency.
+const SPIN: Duration = Duration::from_micros(30);
+
 /// Longest a waiter sleeps before looking again (a safety net: wake-ups are by eventfd).
-const WAIT_TICK: std::time::Duration = std::time::Duration::from_millis(20);
+const WAIT_TICK: Duration = Duration::from_millis(20);
 
 impl Drop for IoContext {
     /// Waits for requests still in flight: their buffers are pinned until they finish.

@@ -2,6 +2,7 @@
 //! involved.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use stripefs_layout::LayoutError;
 use stripefs_mapping::MappingError;
@@ -75,6 +76,19 @@ pub enum Error {
         offset: u64,
         expected: u64,
         done: u64,
+    },
+    /// The device did not answer a command within its timeout (`timeout=` of an emulated
+    /// device, [`QueueOptions::timeout`](crate::QueueOptions::timeout) of a path): the
+    /// request fails and the command is cancelled.
+    #[error(
+        "device {device}: {op} of {len} bytes at device offset {offset} timed out: no answer within {timeout:?}"
+    )]
+    Timeout {
+        device: String,
+        op: Op,
+        offset: u64,
+        len: u64,
+        timeout: Duration,
     },
     #[error("device {device} is offline")]
     DeviceOffline { device: String },

@@ -13,6 +13,11 @@
 //! lat=20us  added latency per command, in ns, us, ms or s (default 0)
 //! fail=S-E  commands touching bytes S..E fail; lba-aligned; may repeat
 //! fail_after=N  every command after the first N fails
+//! hang=N    the device hangs after N commands: later ones never complete on their own
+//! short=4K  every command transfers at most this much and answers short (the engine
+//!           resubmits the rest); a multiple of lba
+//! timeout=30s  a command unanswered this long fails its request and is cancelled
+//!           (default 30s, at least 1ms)
 //! offline   the device starts offline
 //! wcache=on a volatile write cache, on or off (default off): a completed write is not
 //!           durable until the next flush, and `DeviceQueue::power_cut` can lose it
@@ -64,6 +69,14 @@ pub struct EmulatedSpec {
     pub fail_ranges: Vec<Range<u64>>,
     /// After this many commands, every command fails.
     pub fail_after: Option<u64>,
+    /// After this many commands, the device hangs: every later command never completes on
+    /// its own (its request fails when `timeout` passes).
+    pub hang_after: Option<u64>,
+    /// Every command transfers at most this many bytes (a multiple of `lba`) and completes
+    /// short; the engine resubmits the rest.
+    pub short: Option<u64>,
+    /// How long a command may go unanswered before its request fails.
+    pub timeout: Duration,
     /// The device starts offline.
     pub offline: bool,
     /// The device has a volatile write cache (`wcache=on`): completed writes are readable at
@@ -112,7 +125,7 @@ pub enum SpecError {
     /// A key this parser does not know.
     #[error(
         "emulated device spec `{spec}`: unknown key `{key}` \
-         (known: size, lba, mdts, qd, bw, lat, fail, fail_after, offline, wcache)"
+         (known: size, lba, mdts, qd, bw, lat, fail, fail_after, hang, short, timeout, offline, wcache)"
     )]
     UnknownKey {
         /// The whole spec.
@@ -205,6 +218,26 @@ pub enum SpecError {
         qd: u64,
         /// The largest queue depth accepted.
         max: u32,
+    },
+    /// A short-transfer size that is zero or not a multiple of the block size.
+    #[error(
+        "emulated device spec `{spec}`: short must be a non-zero multiple of lba {lba}, got {short}"
+    )]
+    ShortNotMultiple {
+        /// The whole spec.
+        spec: String,
+        /// The refused size.
+        short: u64,
+        /// The block size in force.
+        lba: u32,
+    },
+    /// A command timeout below [`EmulatedSpec::MIN_TIMEOUT`].
+    #[error("emulated device spec `{spec}`: timeout must be at least 1ms, got {timeout:?}")]
+    TimeoutTooShort {
+        /// The whole spec.
+        spec: String,
+        /// The refused timeout.
+        timeout: Duration,
     },
     /// A fail range whose start is not below its end.
     #[error("emulated device spec `{spec}`: fail range {start}-{end} is empty (start >= end)")]
@@ -376,8 +409,14 @@ impl EmulatedSpec {
     pub const DEFAULT_QUEUE_DEPTH: u32 = 64;
     /// The largest queue depth accepted.
     pub const MAX_QUEUE_DEPTH: u32 = 4096;
+    /// The command timeout when `timeout=` is not given (of every device: paths get it
+    /// through `QueueOptions`): long enough for any healthy device under load, short enough
+    /// that a device that stops answering does not hang its users.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The shortest command timeout accepted.
+    pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
     /// The keys a spec may hold.
-    const KEYS: [&'static str; 10] = [
+    const KEYS: [&'static str; 13] = [
         "size",
         "lba",
         "mdts",
@@ -386,6 +425,9 @@ impl EmulatedSpec {
         "lat",
         "fail",
         "fail_after",
+        "hang",
+        "short",
+        "timeout",
         "offline",
         "wcache",
     ];
@@ -402,6 +444,9 @@ impl EmulatedSpec {
             latency: Duration::ZERO,
             fail_ranges: Vec::new(),
             fail_after: None,
+            hang_after: None,
+            short: None,
+            timeout: Self::DEFAULT_TIMEOUT,
             offline: false,
             write_cache: false,
         }
@@ -467,6 +512,9 @@ impl EmulatedSpec {
             "lat" => self.latency = item.value(duration_value)?,
             "fail" => self.fail_ranges.push(item.value(range_value)?),
             "fail_after" => self.fail_after = Some(item.value(count_value)?),
+            "hang" => self.hang_after = Some(item.value(count_value)?),
+            "short" => self.short = Some(item.value(size_value)?),
+            "timeout" => self.timeout = item.value(duration_value)?,
             "offline" => self.offline = item.flag()?,
             "wcache" => self.write_cache = item.value(switch_value)?,
             key => {
@@ -499,6 +547,7 @@ impl EmulatedSpec {
         if !(1..=Self::MAX_QUEUE_DEPTH).contains(&self.queue_depth) {
             return Err(queue_depth_error(spec, self.queue_depth.into()));
         }
+        self.check_bounded(spec)?;
         self.fail_ranges
             .iter()
             .try_for_each(|range| self.check_fail_range(spec, range))
@@ -519,6 +568,27 @@ impl EmulatedSpec {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A short-transfer size is a non-zero multiple of the block size; a timeout is at
+    /// least [`Self::MIN_TIMEOUT`].
+    fn check_bounded(&self, spec: &str) -> Result<(), SpecError> {
+        if let Some(short) = self.short
+            && (short == 0 || !short.is_multiple_of(u64::from(self.lba)))
+        {
+            return Err(SpecError::ShortNotMultiple {
+                spec: spec.into(),
+                short,
+                lba: self.lba,
+            });
+        }
+        if self.timeout < Self::MIN_TIMEOUT {
+            return Err(SpecError::TimeoutTooShort {
+                spec: spec.into(),
+                timeout: self.timeout,
+            });
+        }
+        Ok(())
     }
 
     /// A fail range is non-empty and lba-aligned at both ends.
@@ -670,6 +740,15 @@ impl EmulatedSpec {
         if let Some(n) = self.fail_after {
             write!(f, ",fail_after={n}")?;
         }
+        if let Some(n) = self.hang_after {
+            write!(f, ",hang={n}")?;
+        }
+        if let Some(short) = self.short {
+            write!(f, ",short={}", fmt_size(short))?;
+        }
+        if self.timeout != Self::DEFAULT_TIMEOUT {
+            write!(f, ",timeout={}", fmt_duration(self.timeout))?;
+        }
         if self.offline {
             write!(f, ",offline")?;
         }
@@ -769,7 +848,8 @@ mod tests {
     #[test]
     fn emulated_every_key() {
         let text = "emu:mem,size=1G,lba=512,mdts=64K,qd=8,bw=500M,lat=20us,\
-                    fail=0-4K,fail=1M-2M,fail_after=1000,offline,wcache=on";
+                    fail=0-4K,fail=1M-2M,fail_after=1000,hang=7,short=4K,timeout=2s,offline,\
+                    wcache=on";
         let spec = emu(text);
         let want = EmulatedSpec {
             backing: Backing::Memory,
@@ -781,6 +861,9 @@ mod tests {
             latency: Duration::from_micros(20),
             fail_ranges: vec![0..4096, (1 << 20)..(2 << 20)],
             fail_after: Some(1000),
+            hang_after: Some(7),
+            short: Some(4096),
+            timeout: Duration::from_secs(2),
             offline: true,
             write_cache: true,
         };
@@ -953,6 +1036,42 @@ mod tests {
     }
 
     #[test]
+    fn refused_short_and_timeout() {
+        assert!(matches!(
+            err("emu:/x,short=1000"),
+            SpecError::ShortNotMultiple {
+                short: 1000,
+                lba: 4096,
+                ..
+            }
+        ));
+        assert!(matches!(
+            err("emu:/x,short=0"),
+            SpecError::ShortNotMultiple { short: 0, .. }
+        ));
+        assert_eq!(emu("emu:/x,lba=512,short=512").short, Some(512));
+        let e = err("emu:/x,timeout=10us");
+        assert_eq!(
+            e.to_string(),
+            "emulated device spec `emu:/x,timeout=10us`: timeout must be at least 1ms, got 10µs"
+        );
+        assert!(matches!(
+            err("emu:/x,timeout=2"),
+            SpecError::BadValue { .. }
+        ));
+        assert!(matches!(
+            err("emu:/x,hang=soon"),
+            SpecError::BadValue { .. }
+        ));
+        assert_eq!(emu("emu:/x,hang=0").hang_after, Some(0));
+        assert_eq!(
+            emu("emu:/x,timeout=30s").to_string(),
+            "emu:/x",
+            "the default timeout is not written"
+        );
+    }
+
+    #[test]
     fn refused_fail_ranges() {
         assert!(matches!(
             err("emu:/x,fail=8K-4K"),
@@ -1054,11 +1173,18 @@ mod tests {
                     durations(),
                     ranges,
                     prop::option::of(any::<u64>()),
+                    (
+                        prop::option::of(any::<u64>()),
+                        prop::option::of((1..=2048u64).prop_map(blocks)),
+                        durations()
+                            .prop_filter("at least 1ms", |d| *d >= EmulatedSpec::MIN_TIMEOUT),
+                    ),
                     any::<bool>(),
                     any::<bool>(),
                 )
                     .prop_map(
-                        move |(size, mdts, qd, bw, lat, fail, after, offline, wcache)| {
+                        move |(size, mdts, qd, bw, lat, fail, after, bounded, offline, wcache)| {
+                            let (hang_after, short, timeout) = bounded;
                             EmulatedSpec {
                                 backing: backing.clone(),
                                 size,
@@ -1069,6 +1195,9 @@ mod tests {
                                 latency: lat,
                                 fail_ranges: fail,
                                 fail_after: after,
+                                hang_after,
+                                short,
+                                timeout,
                                 offline,
                                 write_cache: wcache,
                             }

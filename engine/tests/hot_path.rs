@@ -82,7 +82,14 @@ fn registered_io_allocates_nothing_per_request() {
             std::fs::File::create(&path)
                 .and_then(|f| f.set_len(16 << 20))
                 .expect("device file");
-            DeviceQueue::open_path(&path, &QueueOptions { queue_depth: 32 }).expect("open")
+            DeviceQueue::open_path(
+                &path,
+                &QueueOptions {
+                    queue_depth: 32,
+                    ..QueueOptions::default()
+                },
+            )
+            .expect("open")
         })
         .collect();
     let volume = Volume::striped(devices, StripeUnit::new(UNIT).expect("unit")).expect("volume");

@@ -70,6 +70,7 @@ pub fn open_devices(target: &Target, w: Workload) -> Result<Vec<DeviceQueue>> {
             crate::devices::wait_until_free(paths, BUSY_WAIT)?;
             let options = QueueOptions {
                 queue_depth: w.qd.max(64),
+                ..QueueOptions::default()
             };
             paths
                 .iter()

@@ -1,7 +1,7 @@
 //! The emulated NVMe model: command limits, a bandwidth and latency model, and faults.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -40,14 +40,20 @@ impl TimingModel {
     }
 }
 
-/// Faults a device can be told to produce: a failed LBA range, failure after N commands, or
-/// being offline. The emulated NVMe device takes them from its spec; tests set them at run
+/// Faults a device can be told to produce: a failed LBA range, failure after N commands,
+/// being offline, hanging after N commands (commands that never complete on their own), or
+/// short transfers. The emulated NVMe device takes them from its spec; tests set them at run
 /// time on any device to exercise error paths.
 #[derive(Debug)]
 pub struct Faults {
     offline: AtomicBool,
     /// Commands still allowed before every command fails; negative means "no limit".
     fail_after: AtomicI64,
+    /// Commands still answered before the device hangs; negative means "never".
+    hang_after: AtomicI64,
+    /// Most bytes one command transfers before the device answers (a short transfer); 0
+    /// means "all of it".
+    short: AtomicU64,
     ranges: Mutex<Vec<Range<u64>>>,
     has_ranges: AtomicBool,
 }
@@ -57,6 +63,8 @@ impl Default for Faults {
         Faults {
             offline: AtomicBool::new(false),
             fail_after: AtomicI64::new(-1),
+            hang_after: AtomicI64::new(-1),
+            short: AtomicU64::new(0),
             ranges: Mutex::new(Vec::new()),
             has_ranges: AtomicBool::new(false),
         }
@@ -86,12 +94,50 @@ impl Faults {
             .store(commands.min(i64::MAX as u64) as i64, Ordering::Release);
     }
 
+    /// After `commands` more commands the device hangs: every later command is accepted and
+    /// never completes on its own (its request fails when the device's timeout passes, and
+    /// the command is cancelled). Commands already hung stay hung after [`Faults::clear`].
+    pub fn hang_after(&self, commands: u64) {
+        self.hang_after
+            .store(commands.min(i64::MAX as u64) as i64, Ordering::Release);
+    }
+
+    /// Every command transfers at most `bytes` (a multiple of the block size) and then
+    /// answers with a short count, as a device may; the engine resubmits the rest. `None`
+    /// removes the fault.
+    pub fn short_transfers(&self, bytes: Option<u64>) {
+        // 0 stands for "no fault", so a cap of 0 bytes is taken as 1.
+        self.short
+            .store(bytes.map_or(0, |b| b.max(1)), Ordering::Release);
+    }
+
     /// Removes every fault.
     pub fn clear(&self) {
         self.ranges.lock().clear();
         self.has_ranges.store(false, Ordering::Release);
         self.fail_after.store(-1, Ordering::Release);
+        self.hang_after.store(-1, Ordering::Release);
+        self.short.store(0, Ordering::Release);
         self.set_offline(false);
+    }
+
+    /// Decides whether the next command hangs (counts it against `hang_after`).
+    pub(crate) fn hangs(&self) -> bool {
+        if self.hang_after.load(Ordering::Relaxed) < 0
+            || self.hang_after.fetch_sub(1, Ordering::AcqRel) > 0
+        {
+            return false;
+        }
+        self.hang_after.store(0, Ordering::Release);
+        true
+    }
+
+    /// How much of `remaining` bytes the device transfers before it answers.
+    pub(crate) fn transfer(&self, remaining: u64) -> u64 {
+        match self.short.load(Ordering::Relaxed) {
+            0 => remaining,
+            cap => remaining.min(cap),
+        }
     }
 
     /// Decides whether a command on `offset..offset+len` fails; returns the errno if so.
@@ -145,5 +191,22 @@ mod tests {
         assert_eq!(faults.check(0, 1), None);
         assert_eq!(faults.check(0, 1), Some(libc::EIO));
         assert_eq!(faults.check(0, 1), Some(libc::EIO));
+    }
+
+    #[test]
+    fn hang_after_count_and_short_transfers() {
+        let faults = Faults::default();
+        assert!(!faults.hangs());
+        assert_eq!(faults.transfer(1 << 20), 1 << 20);
+        faults.hang_after(1);
+        assert!(!faults.hangs());
+        assert!(faults.hangs());
+        assert!(faults.hangs());
+        faults.short_transfers(Some(4096));
+        assert_eq!(faults.transfer(12288), 4096);
+        assert_eq!(faults.transfer(512), 512);
+        faults.clear();
+        assert!(!faults.hangs());
+        assert_eq!(faults.transfer(12288), 12288);
     }
 }

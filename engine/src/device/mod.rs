@@ -3,15 +3,18 @@
 //! A [`DeviceQueue`] owns one ring over one device (block device or file, opened `O_DIRECT`;
 //! or an emulated NVMe namespace). Buffers are attached by registering their pages as fixed
 //! buffers on the ring ([`Importer`]); I/O is `READ_FIXED`/`WRITE_FIXED`, submitted in batches
-//! under a per-device lock. Completions are drained by the threads that wait for them (they
-//! poll the rings they submitted to); one reaper thread per device drains while no I/O
-//! context uses the device, and stands by otherwise.
+//! under a per-device lock (module `submit`). Completions are drained by the threads that
+//! wait for them (they poll the rings they submitted to); one reaper thread per device
+//! drains while no I/O context uses the device, and stands by otherwise (module `reaper`).
+//! A command the device leaves unanswered past its timeout fails its request and is
+//! cancelled, and a short transfer is resubmitted for the rest (module `bounded`).
 //!
 //! For crash-consistency tests, an emulated device can have a volatile write cache and
 //! lose what was not flushed in a simulated power cut ([`DeviceQueue::power_cut`], module
 //! `wcache`), and any device can record its writes and flushes ([`DeviceQueue::record_to`],
 //! module `record`).
 
+mod bounded;
 mod emulation;
 mod image;
 mod observe;
@@ -19,6 +22,7 @@ mod probe;
 mod reaper;
 mod record;
 mod ring;
+mod submit;
 mod watch;
 mod wcache;
 
@@ -26,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::IoUring;
 use parking_lot::{Condvar, Mutex};
@@ -52,11 +56,24 @@ const REAL_MAX_TRANSFER: u64 = 1 << 30;
 pub struct QueueOptions {
     /// Commands in flight at most on this device.
     pub queue_depth: u32,
+    /// How long a command may go unanswered before its request fails with
+    /// [`Error::Timeout`] and the command is cancelled (at least 1 ms).
+    pub timeout: Duration,
+}
+
+impl QueueOptions {
+    /// The command timeout when none is given (30 s, as for emulated devices).
+    pub const DEFAULT_TIMEOUT: Duration = EmulatedSpec::DEFAULT_TIMEOUT;
+    /// The shortest command timeout accepted.
+    pub const MIN_TIMEOUT: Duration = EmulatedSpec::MIN_TIMEOUT;
 }
 
 impl Default for QueueOptions {
     fn default() -> Self {
-        QueueOptions { queue_depth: 64 }
+        QueueOptions {
+            queue_depth: 64,
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
     }
 }
 
@@ -67,7 +84,12 @@ pub struct DeviceStats {
     pub writes: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// Commands that failed, timed-out ones included.
     pub errors: u64,
+    /// Commands that timed out (the device did not answer within its timeout).
+    pub timeouts: u64,
+    /// Times a command that transferred less than asked was resubmitted for the rest.
+    pub resubmitted: u64,
 }
 
 #[derive(Default)]
@@ -77,6 +99,8 @@ struct Counters {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     errors: AtomicU64,
+    timeouts: AtomicU64,
+    resubmitted: AtomicU64,
 }
 
 /// One piece of a request for one device: a contiguous device range and where it goes in
@@ -90,12 +114,30 @@ pub struct Piece {
 
 /// A command on the ring, from submission until its completion is handled.
 struct InFlight {
-    request: Arc<RequestSlot>,
+    /// The request it is part of; `None` once the command timed out and its request was
+    /// failed: the command keeps its slot until the kernel answers (see module `bounded`).
+    request: Option<Arc<RequestSlot>>,
     op: Op,
+    /// The device range of the whole command.
     offset: u64,
     len: u64,
+    /// Bytes transferred so far: a short transfer is resubmitted for the rest.
+    done: u64,
+    /// The fixed-buffer slot holding the command's data, and the address (exposed
+    /// provenance) of its first byte in this process.
+    slot: u16,
+    addr: usize,
     injected: Option<i32>,
-    deadline: Option<Instant>,
+    /// An emulated hang: the command is one that never completes on its own.
+    hung: bool,
+    /// When the timing model lets its completion be delivered.
+    due: Option<Instant>,
+    /// When the command times out.
+    expires: Instant,
+    /// The user data of its entry in the kernel (slot and generation).
+    user_data: u64,
+    /// Timed out and a cancellation queued for it.
+    cancelled: bool,
     /// The write's pre-image, on a device with a write cache.
     cached: Option<wcache::Pending>,
 }
@@ -104,6 +146,11 @@ struct SubmitState {
     free: Vec<u32>,
     /// When the emulated transfer channel is next free.
     channel: Option<Instant>,
+    /// Entries pushed so far (the generation in each command's user data).
+    generation: u32,
+    /// Timed-out commands still waiting for their completion: not free, yet not in use by
+    /// any request either.
+    stuck: u32,
 }
 
 pub(crate) struct DeviceShared {
@@ -114,6 +161,8 @@ pub(crate) struct DeviceShared {
     block_size: u32,
     max_transfer: u64,
     depth: u32,
+    /// How long a command may go unanswered.
+    timeout: Duration,
     direct: bool,
     file: std::fs::File,
     ring: IoUring,
@@ -172,6 +221,7 @@ impl DeviceQueue {
             path: path.to_path_buf(),
             max_transfer: REAL_MAX_TRANSFER,
             depth: options.queue_depth.clamp(1, 4096),
+            timeout: options.timeout.max(QueueOptions::MIN_TIMEOUT),
             timing: TimingModel::default(),
             faults: Faults::default(),
             write_cache: false,
@@ -210,12 +260,17 @@ impl DeviceQueue {
         if let Some(n) = spec.fail_after {
             faults.fail_after(n);
         }
+        if let Some(n) = spec.hang_after {
+            faults.hang_after(n);
+        }
+        faults.short_transfers(spec.short);
         faults.set_offline(spec.offline);
         let config = Config {
             name: format!("emu:{}", path.display()),
             path,
             max_transfer: spec.mdts,
             depth: spec.queue_depth.clamp(1, 4096),
+            timeout: spec.timeout.max(QueueOptions::MIN_TIMEOUT),
             timing: TimingModel {
                 bandwidth: spec.bandwidth,
                 latency: spec.latency,
@@ -260,12 +315,15 @@ impl DeviceQueue {
             block_size: probed.block_size,
             max_transfer: config.max_transfer,
             depth: config.depth,
+            timeout: config.timeout,
             direct: probed.direct,
             file: probed.file,
             ring,
             submit: Mutex::new(SubmitState {
                 free: (0..config.depth).rev().collect(),
                 channel: None,
+                generation: 0,
+                stuck: 0,
             }),
             space: Condvar::new(),
             inflight: (0..config.depth).map(|_| Mutex::new(None)).collect(),
@@ -330,6 +388,12 @@ impl DeviceQueue {
         self.shared.depth
     }
 
+    /// How long a command may go unanswered before its request fails with
+    /// [`Error::Timeout`].
+    pub fn timeout(&self) -> Duration {
+        self.shared.timeout
+    }
+
     /// Whether I/O bypasses the page cache (false only for memory-backed emulation).
     pub fn is_direct(&self) -> bool {
         self.shared.direct
@@ -349,6 +413,8 @@ impl DeviceQueue {
             bytes_read: c.bytes_read.load(Ordering::Relaxed),
             bytes_written: c.bytes_written.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            resubmitted: c.resubmitted.load(Ordering::Relaxed),
         }
     }
 
@@ -390,15 +456,17 @@ impl DeviceQueue {
 
     /// Submits `pieces` of one request as one batch (one lock, one submit call), each split
     /// at the attachment's slot boundaries and at the device's maximum transfer. Failures are
-    /// recorded on the request.
+    /// recorded on the request. Returns when the timing model lets the last of these
+    /// commands complete, on an emulated device with one (a waiter's hint: the completions
+    /// themselves may come before it and are held back).
     pub(crate) fn submit(
         &self,
         op: Op,
         pieces: impl Iterator<Item = Piece>,
         attachment: &Attachment,
         request: &Arc<RequestSlot>,
-    ) {
-        self.shared.submit(op, pieces, attachment, request);
+    ) -> Option<Instant> {
+        self.shared.submit(op, pieces, attachment, request)
     }
 }
 
@@ -430,6 +498,7 @@ struct Config {
     path: PathBuf,
     max_transfer: u64,
     depth: u32,
+    timeout: Duration,
     timing: TimingModel,
     faults: Faults,
     write_cache: bool,
@@ -507,171 +576,10 @@ fn memory_backing(path: &Path, size: Option<u64>) -> Result<probe::Probed, Error
 }
 
 impl DeviceShared {
-    fn submit(
-        &self,
-        op: Op,
-        pieces: impl Iterator<Item = Piece>,
-        attachment: &Attachment,
-        request: &Arc<RequestSlot>,
-    ) {
-        if self.faults.is_offline() {
-            return request.fail(Error::DeviceOffline {
-                device: self.name.clone(),
-            });
-        }
-        let mut state = self.submit.lock();
-        // Checked under the lock: once `close` has run, the reaper may exit when idle, so
-        // nothing may be queued after it.
-        if self.closed.load(Ordering::Acquire) {
-            return request.fail(Error::DeviceClosed {
-                device: self.name.clone(),
-            });
-        }
-        // Also under the lock: a power cut waits for what is in flight once it has set this.
-        if self.is_powered_off() {
-            return request.fail(Error::DeviceOffline {
-                device: self.name.clone(),
-            });
-        }
-        // An idle device starts at once; a busy one submits at its next completion, in a batch.
-        let busy = state.free.len() < self.depth as usize;
-        let mut queued = 0usize;
-        for piece in pieces {
-            let mut done = 0;
-            while done < piece.len {
-                let buffer_offset = piece.buffer_offset + done;
-                let Some(region) = attachment.locate(buffer_offset) else {
-                    request.fail(Error::DeviceIo {
-                        device: self.name.clone(),
-                        op,
-                        offset: piece.device_offset + done,
-                        len: piece.len - done,
-                        source: std::io::Error::from_raw_os_error(libc::EFAULT),
-                    });
-                    break;
-                };
-                let len = (piece.len - done)
-                    .min(self.max_transfer)
-                    .min(region.available);
-                let id = self.take_slot(&mut state, &mut queued);
-                let offset = piece.device_offset + done;
-                self.queue(&mut state, id, op, offset, len, region, request);
-                queued += 1;
-                done += len;
-            }
-        }
-        drop(state);
-        if queued > 0 {
-            if busy {
-                self.deferred.store(true, Ordering::Release);
-            } else {
-                self.kick();
-            }
-        }
-    }
-
-    /// Submits entries whose submission was deferred.
-    pub(crate) fn kick_deferred(&self) {
-        if self.deferred.load(Ordering::Acquire) && self.deferred.swap(false, Ordering::AcqRel) {
-            self.kick();
-        }
-    }
-
-    /// Takes a free in-flight slot, submitting what is queued and waiting while all are busy.
-    fn take_slot(
-        &self,
-        state: &mut parking_lot::MutexGuard<'_, SubmitState>,
-        queued: &mut usize,
-    ) -> u32 {
-        loop {
-            if let Some(id) = state.free.pop() {
-                return id;
-            }
-            // Everything queued must be in the kernel before we sleep for a free slot: our
-            // own entries, and entries other requests deferred to a next completion.
-            self.deferred.store(false, Ordering::Release);
-            self.kick();
-            *queued = 0;
-            // The contexts that would drain may all be this thread: have the reaper drain.
-            self.begin_urgent();
-            self.space.wait(state);
-            self.end_urgent();
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn queue(
-        &self,
-        state: &mut SubmitState,
-        id: u32,
-        op: Op,
-        offset: u64,
-        len: u64,
-        region: stripefs_mapping::FixedRegion,
-        request: &Arc<RequestSlot>,
-    ) {
-        let mut injected = self.faults.check(offset, len);
-        let cached = self.pre_image(op, offset, len, &mut injected);
-        let deadline = self.timing.is_active().then(|| {
-            self.timing
-                .schedule(&mut state.channel, Instant::now(), len)
-        });
-        request.add_parts(1);
-        *self.inflight[id as usize].lock() = Some(InFlight {
-            request: request.clone(),
-            op,
-            offset,
-            len,
-            injected,
-            deadline,
-            cached,
-        });
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
-        let entry = match (injected, op) {
-            (Some(_), _) => ring::Entry::Nop,
-            (None, Op::Read) => ring::Entry::Read {
-                fd,
-                offset,
-                addr: region.addr,
-                len: len as u32,
-                slot: region.slot,
-            },
-            (None, Op::Write) => ring::Entry::Write {
-                fd,
-                offset,
-                addr: region.addr,
-                len: len as u32,
-                slot: region.slot,
-            },
-        };
-        // SAFETY: we hold the submission lock; the request in the in-flight table holds the
-        // mapping guard, which keeps `region` attached and mapped until the completion.
-        let pushed = unsafe { ring::push(&self.ring, &entry, u64::from(id)) };
-        if !pushed {
-            // Cannot happen: the ring has more entries than the queue depth. Complete the
-            // command as failed rather than lose it.
-            let slot = self.inflight[id as usize].lock().take();
-            state.free.push(id);
-            if let Some(slot) = slot {
-                slot.request.complete_part(Err(self.io_error(
-                    op,
-                    offset,
-                    len,
-                    std::io::Error::from_raw_os_error(libc::EBUSY),
-                )));
-            }
-        }
-    }
-
     /// Enters the kernel once, which runs this thread's pending completion work (with
     /// cooperative task running the kernel does not interrupt a running thread for it).
     pub(crate) fn enter_kernel(&self) {
         ring::run_task_work(&self.ring);
-    }
-
-    fn kick(&self) {
-        // A failed submit leaves the entries queued; the reaper's next enter submits them.
-        let _ = ring::submit(&self.ring);
     }
 
     fn close(&self) {

@@ -138,6 +138,9 @@ impl DeviceShared {
     }
 
     /// Waits until no command is in flight (each one's completion handled, its slot free).
+    /// Timed-out commands are waited for too: one may still change the backing, which the
+    /// cut must know of. Only emulated devices have a cache, and theirs always complete (a
+    /// hung one once cancelled, a held one when due), so this wait is bounded.
     fn wait_idle(&self) {
         self.begin_urgent();
         let mut state = self.submit.lock();

@@ -23,6 +23,31 @@ pub(crate) enum Entry {
     },
     /// A command that does nothing; its completion carries an injected fault.
     Nop,
+    /// A command that never completes on its own (an emulated hung device): a timeout op
+    /// that would expire only in a century. It ends when it is cancelled.
+    Hang,
+    /// Cancels the command whose user data is `target` (a timed-out command).
+    Cancel { target: u64 },
+}
+
+/// User data of the engine's own entries (cancellations), which complete no command. Command
+/// user data never has this bit: see [`command_data`].
+pub(crate) const CONTROL: u64 = 1 << 63;
+
+/// "Never" for [`Entry::Hang`]: a century. The kernel reads it when the entry is submitted,
+/// which may be after the push: a static is valid whenever that is.
+static HANG: types::Timespec = types::Timespec::new().sec(100 * 365 * 24 * 3600);
+
+/// The user data of command slot `id` in its `generation`th use: the slot in the low 32 bits,
+/// the generation above it (31 bits, never [`CONTROL`]). A cancellation names the exact use
+/// it targets, so it can never cancel a later command that reuses the slot.
+pub(crate) fn command_data(id: u32, generation: u32) -> u64 {
+    (u64::from(generation & 0x7fff_ffff) << 32) | u64::from(id)
+}
+
+/// The command slot that a command's user data names; `None` for the engine's own entries.
+pub(crate) fn command_slot(user_data: u64) -> Option<u32> {
+    (user_data & CONTROL == 0).then_some(user_data as u32)
 }
 
 impl Entry {
@@ -47,6 +72,8 @@ impl Entry {
                 .offset(offset)
                 .build(),
             Entry::Nop => opcode::Nop::new().build(),
+            Entry::Hang => opcode::Timeout::new(&HANG).build(),
+            Entry::Cancel { target } => opcode::AsyncCancel::new(target).build(),
         }
         .user_data(user_data)
     }
@@ -111,6 +138,22 @@ pub(crate) fn submit(ring: &IoUring) -> io::Result<()> {
     }
 }
 
+/// Submits what is queued and checks that the kernel took all of it (an error otherwise).
+///
+/// # Safety
+/// The caller must hold the device's submission lock (no other `SubmissionQueue` may exist).
+pub(crate) unsafe fn submit_all(ring: &IoUring) -> io::Result<()> {
+    submit(ring)?;
+    // SAFETY: exclusive access to the SQ is guaranteed by the caller's lock.
+    let mut sq = unsafe { ring.submission_shared() };
+    sq.sync();
+    if sq.is_empty() {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EAGAIN))
+    }
+}
+
 /// `IORING_ENTER_GETEVENTS` (include/uapi/linux/io_uring.h).
 const ENTER_GETEVENTS: u32 = 1;
 
@@ -132,4 +175,22 @@ pub(crate) unsafe fn reap(ring: &IoUring, out: &mut Vec<(u64, i32)>) {
     // SAFETY: the caller is the only reader of the completion queue.
     let cq = unsafe { ring.completion_shared() };
     out.extend(cq.map(|cqe| (cqe.user_data(), cqe.result())));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_data_names_slot_and_generation_and_is_never_control() {
+        let a = command_data(5, 1);
+        let b = command_data(5, 2);
+        assert_ne!(a, b, "two uses of a slot must differ");
+        assert_eq!(command_slot(a), Some(5));
+        assert_eq!(command_slot(b), Some(5));
+        let wrapped = command_data(u32::MAX, u32::MAX);
+        assert_eq!(wrapped & CONTROL, 0);
+        assert_eq!(command_slot(wrapped), Some(u32::MAX));
+        assert_eq!(command_slot(CONTROL), None);
+    }
 }

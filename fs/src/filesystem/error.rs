@@ -119,6 +119,7 @@ fn device_errno(e: &Error) -> i32 {
         | Error::Ring { .. }
         | Error::DeviceIo { .. }
         | Error::ShortTransfer { .. }
+        | Error::Timeout { .. }
         | Error::NoDevices
         | Error::Layout(_)
         | Error::Spec(_) => libc::EIO,
