@@ -94,7 +94,10 @@ fn mapping_errno(e: &MappingError) -> i32 {
         | MappingError::OutOfBuffer { .. } => libc::EINVAL,
         MappingError::HugePagesUnavailable { .. } => libc::ENOMEM,
         MappingError::UdmabufUnavailable { .. } => libc::ENODEV,
-        MappingError::NotSealed { .. } => libc::EPERM,
+        MappingError::NotSealed { .. }
+        | MappingError::CannotSeal { .. }
+        | MappingError::WriteSealed { .. } => libc::EPERM,
+        MappingError::NotBacked { .. } => libc::EFAULT,
         MappingError::Revoked { .. } => libc::EBADF,
         MappingError::Attach { .. } => libc::ENXIO,
     }

@@ -12,7 +12,10 @@ use std::thread::JoinHandle;
 use parking_lot::{Mutex, RwLock};
 
 use super::connection::{self, Connection};
+use super::imports::Imports;
+use super::limits::{Limits, Resource, Users};
 use super::proto::{self, DeviceStat, RegistrationStat, StatReply};
+use super::refuse::Refuser;
 use super::{ControlError, sys};
 use crate::filesystem::Filesystem;
 
@@ -34,6 +37,8 @@ pub struct ServerOptions {
     pub default_workers: u32,
     /// Most worker threads per connection.
     pub max_workers: u32,
+    /// What each user (other than root) may hold at once.
+    pub limits: Limits,
 }
 
 impl Default for ServerOptions {
@@ -45,6 +50,7 @@ impl Default for ServerOptions {
             max_buffer_len: 64 << 30,
             default_workers: 4,
             max_workers: 32,
+            limits: Limits::default(),
         }
     }
 }
@@ -103,6 +109,12 @@ pub(crate) struct ServerShared {
     pub(crate) fs: Arc<Filesystem>,
     pub(crate) files: Files,
     pub(crate) options: ServerOptions,
+    /// Every user's usage against its limits.
+    pub(crate) users: Users,
+    /// Client memory mapped, shared by every buffer over the same memfd.
+    pub(crate) imports: Imports,
+    /// Answers connections refused for a limit.
+    refuser: Refuser,
     socket_path: PathBuf,
     listener: OwnedFd,
     stop: OwnedFd,
@@ -221,9 +233,13 @@ fn start(
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o666))
         .map_err(socket_error)?;
     let stop = sys::eventfd().map_err(socket_error)?;
+    let refuser = Refuser::start().map_err(|source| ControlError::Thread { source })?;
     let shared = Arc::new(ServerShared {
         fs,
         files,
+        users: Users::new(options.limits),
+        imports: Imports::default(),
+        refuser,
         options,
         socket_path,
         listener,
@@ -302,12 +318,26 @@ fn accept_loop(shared: &Arc<ServerShared>) {
         let Ok(socket) = sys::accept(shared.listener.as_fd()) else {
             continue;
         };
-        if shared.connections.lock().len() >= shared.options.max_connections {
-            shared.refused.fetch_add(1, Ordering::Relaxed);
+        let Some(cred) = sys::peer_cred(socket.as_fd()).ok() else {
             continue; // dropping the socket closes it
-        }
+        };
+        let user = shared.users.user(cred.uid);
+        let charge = match user.charge(Resource::Connections, 1) {
+            Ok(_) if shared.connections.lock().len() >= shared.options.max_connections => {
+                Err(libc::EAGAIN)
+            }
+            other => other,
+        };
+        let charge = match charge {
+            Ok(charge) => charge,
+            Err(errno) => {
+                shared.refused.fetch_add(1, Ordering::Relaxed);
+                shared.refuser.refuse(socket, errno);
+                continue;
+            }
+        };
         let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Connection::new(id, socket));
+        let conn = Arc::new(Connection::new(id, socket, cred, user, charge));
         shared.connections.lock().insert(id, conn.clone());
         let conn_shared = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -328,7 +358,12 @@ fn accept_loop(shared: &Arc<ServerShared>) {
 }
 
 impl ServerShared {
-    pub(crate) fn stat(&self) -> StatReply {
+    /// What a Stat request answers. `viewer` is the uid asking: a user other than root sees
+    /// only the connections and registrations of its own uid (device counters and server
+    /// totals are for everyone); `None` (the daemon itself) and root see all.
+    pub(crate) fn stat(&self, viewer: Option<u32>) -> StatReply {
+        let sees_all = matches!(viewer, None | Some(0));
+        let visible = |c: &Connection| sees_all || Some(c.uid()) == viewer;
         let devices = self
             .fs
             .devices()
@@ -345,7 +380,13 @@ impl ServerShared {
                 }
             })
             .collect();
-        let connections: Vec<Arc<Connection>> = self.connections.lock().values().cloned().collect();
+        let connections: Vec<Arc<Connection>> = self
+            .connections
+            .lock()
+            .values()
+            .filter(|c| visible(c))
+            .cloned()
+            .collect();
         let mut known: HashMap<u64, RegistrationStat> = HashMap::new();
         for c in &connections {
             for r in c.registration_stats() {
@@ -356,8 +397,11 @@ impl ServerShared {
             .fs
             .registrations()
             .into_iter()
-            .map(|(mapping, ino)| {
-                known.remove(&mapping).unwrap_or(RegistrationStat {
+            .filter_map(|(mapping, ino)| match known.remove(&mapping) {
+                Some(r) => Some(r),
+                // Not made through a connection this viewer may see.
+                None if !sees_all => None,
+                None => Some(RegistrationStat {
                     mapping,
                     ino,
                     connection: 0,
@@ -366,7 +410,7 @@ impl ServerShared {
                     buffer_len: 0,
                     requests: 0,
                     migrations: 0,
-                })
+                }),
             })
             .collect();
         registrations.sort_by_key(|r| r.mapping);
@@ -389,7 +433,7 @@ impl ServerHandle {
 
     /// What a Stat request answers: device counters, live registrations, and counts.
     pub fn stat(&self) -> StatReply {
-        self.shared.stat()
+        self.shared.stat(None)
     }
 
     /// Connections being served.

@@ -18,6 +18,7 @@ mod namespace;
 mod repair;
 mod xattr;
 
+pub(crate) use bounce::BOUNCE_SIZE;
 pub use data::FileRead;
 pub use xattr::{CONTROL_XATTR, LAYOUT_XATTR, XattrFlags, format_layout};
 

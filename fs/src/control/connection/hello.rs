@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use parking_lot::{Condvar, Mutex};
 use stripefs_mapping::Memory;
@@ -61,6 +61,8 @@ pub(super) fn hello(
             closed: false,
         }),
         jobs_ready: Condvar::new(),
+        user: conn.user.clone(),
+        counted: AtomicU64::new(0),
     });
     let reply_fds = vec![
         memory.fd().try_clone_to_owned().map_err(errno)?,
