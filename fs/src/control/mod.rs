@@ -32,6 +32,7 @@ pub mod proto;
 mod refuse;
 pub mod ring;
 mod server;
+pub mod socket_dir;
 #[doc(hidden)]
 pub mod sys;
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use super::imports::Imports;
 use super::limits::{Limits, Resource, Users};
 use super::proto::{self, DeviceStat, RegistrationStat, StatReply};
 use super::refuse::Refuser;
-use super::{ControlError, sys};
+use super::{ControlError, socket_dir, sys};
 use crate::filesystem::Filesystem;
 
 /// `FUSE_SUPER_MAGIC`: the `f_type` of a FUSE mount.
@@ -25,7 +25,8 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// Limits and defaults of the control server.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// Where the socket is created (`/run/stripefs`).
+    /// Where the socket is created (`/run/stripefs`; for a user who cannot write there, a
+    /// directory of the user's: see [`super::socket_dir::choose`]).
     pub socket_dir: PathBuf,
     /// Connections served at once; more are closed right after accept.
     pub max_connections: usize,
@@ -173,8 +174,7 @@ impl Server {
             });
         }
         let dev = sys::stat(&canonical).map_err(mountpoint_error)?.st_dev;
-        let socket = socket_path_in(&options.socket_dir, &canonical);
-        let handle = start(fs.clone(), Files::Mount { dev }, socket, options)?;
+        let handle = start(fs.clone(), Files::Mount { dev }, &canonical, options)?;
         fs.set_control_socket(Some(handle.socket_path().to_path_buf()));
         Ok(handle)
     }
@@ -194,8 +194,7 @@ impl Server {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        let socket = socket_path_in(&options.socket_dir, &canonical);
-        start(fs, Files::Host(files), socket, options)
+        start(fs, Files::Host(files), &canonical, options)
     }
 }
 
@@ -206,21 +205,15 @@ fn socket_path_in(dir: &Path, mountpoint: &Path) -> PathBuf {
     dir.join(proto::socket_name(&canonical))
 }
 
+/// Starts serving on the socket of `mountpoint` (canonical) in the socket directory chosen
+/// by [`socket_dir::choose`].
 fn start(
     fs: Arc<Filesystem>,
     files: Files,
-    socket_path: PathBuf,
+    mountpoint: &Path,
     options: ServerOptions,
 ) -> Result<ServerHandle, ControlError> {
-    let dir_error = |source| ControlError::SocketDir {
-        path: options.socket_dir.clone(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&options.socket_dir)
-        .map_err(dir_error)?;
+    let socket_path = socket_dir::choose(&options.socket_dir)?.join(proto::socket_name(mountpoint));
     remove_stale_socket(&socket_path)?;
     let socket_error = |source| ControlError::Socket {
         path: socket_path.clone(),
