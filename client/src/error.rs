@@ -39,8 +39,14 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the daemon refused {op}: {errno}")]
+    #[error("the daemon refused {op}: {errno}{}", refusal_hint(op, *errno))]
     Refused { op: &'static str, errno: Errno },
+    #[error("{path}: will not use the control socket {socket}: {why}")]
+    Untrusted {
+        path: PathBuf,
+        socket: PathBuf,
+        why: String,
+    },
     #[error("protocol error: {what}")]
     Protocol { what: String },
     #[error("the daemon closed the connection")]
@@ -68,6 +74,7 @@ impl ClientError {
             | ClientError::Connect { source, .. }
             | ClientError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             ClientError::Refused { errno, .. } => errno.0,
+            ClientError::Untrusted { .. } => libc::EPERM,
             ClientError::Protocol { .. } => libc::EPROTO,
             ClientError::Disconnected => libc::ENOTCONN,
             ClientError::Busy { .. } | ClientError::BufferShared => libc::EBUSY,
@@ -83,6 +90,27 @@ impl ClientError {
 
     pub(crate) fn io(op: &'static str, source: std::io::Error) -> Self {
         ClientError::Io { op, source }
+    }
+}
+
+/// What a refusal means, where the errno alone would not say (the daemon's per-user limits,
+/// and its refusal to allocate a client's memory).
+fn refusal_hint(op: &str, errno: Errno) -> &'static str {
+    match (op, errno.0) {
+        ("register", libc::EFAULT) => {
+            " (the buffer's pages are not all allocated: the daemon does not allocate memory \
+             for a client)"
+        }
+        (_, libc::EDQUOT) => {
+            " (per-user limit of the mount reached: registered bytes or registrations)"
+        }
+        ("hello" | "stat", libc::EAGAIN) => {
+            " (per-user limit of the mount reached: connections; close one and retry)"
+        }
+        ("register" | "migrate", libc::ENOSPC) => {
+            " (no device buffer slot left for client buffers on the mount)"
+        }
+        _ => "",
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stripefs_engine::{DeviceSpec, pattern};
-use stripefs_fs::control::{Server, ServerHandle};
+use stripefs_fs::control::{Server, ServerHandle, ServerOptions};
 use stripefs_fs::filesystem::{self, Filesystem, MkfsOptions};
 use stripefs_fs::mount::{Mount, MountOptions};
 
@@ -57,6 +57,25 @@ pub struct Mounted {
 impl Mounted {
     /// `devices` scratch devices of `size` bytes, files striped by `unit`.
     pub fn new(devices: usize, size: u64, unit: u64) -> Mounted {
+        Self::with_options(
+            devices,
+            size,
+            unit,
+            &MountOptions::default(),
+            ServerOptions::default(),
+        )
+    }
+
+    /// [`Mounted::new`] with explicit mount and control-server options. With `allow_other`
+    /// the scratch directory is opened to every user (mode 0755), so that other users can
+    /// reach the mount.
+    pub fn with_options(
+        devices: usize,
+        size: u64,
+        unit: u64,
+        mount_options: &MountOptions,
+        server_options: ServerOptions,
+    ) -> Mounted {
         let dir = tempfile::Builder::new()
             .prefix("stripefs-control-")
             .tempdir_in("/var/tmp")
@@ -81,10 +100,15 @@ impl Mounted {
         let fs = Filesystem::open(&specs).expect("open");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mountpoint");
-        let mount = Mount::start(fs.clone(), &mnt, &MountOptions::default(), || {}).expect("mount");
+        if mount_options.allow_other {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("open the scratch directory");
+        }
+        let mount = Mount::start(fs.clone(), &mnt, mount_options, || {}).expect("mount");
         mount.check().expect("mount answers");
         let mnt = mount.mountpoint().to_path_buf();
-        let server = Server::start(fs.clone(), &mnt).expect("control server");
+        let server = Server::start_with(fs.clone(), &mnt, server_options).expect("control server");
         Mounted {
             dir,
             mnt,
