@@ -10,13 +10,15 @@
 mod common;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Mounted, Watchdog, assert_same, child, child_task, data, task_parts};
+use common::{
+    Mounted, Watchdog, as_user, assert_same, child_task, data, hold, ready, run_to_end,
+    start_until_ready, task_parts,
+};
 use stripefs_client::proto::{self, Kind};
 use stripefs_client::{Client, ClientBuffer, ClientError, ClientOptions, Errno, Op, Request, sys};
 use stripefs_fs::control::{Limits, ServerOptions};
@@ -27,8 +29,6 @@ const MIB: u64 = 1 << 20;
 const HOG: u32 = 60001;
 /// Another user, who must be served meanwhile.
 const OTHER: u32 = 60002;
-/// Printed by a child once it holds what it should.
-const READY: &str = "STRIPEFS-CHILD-READY";
 
 /// The limits of these tests: small enough to reach in a few calls.
 fn small_limits() -> Limits {
@@ -51,65 +51,6 @@ fn mounted(limits: Limits) -> Mounted {
         ..ServerOptions::default()
     };
     Mounted::with_options(2, 64 * MIB, 64 << 10, &mount, server)
-}
-
-/// This test binary as user `uid` (and group), running child task `task`.
-fn as_user(uid: u32, task: &str) -> Command {
-    let inner = child("child_process_entry", task);
-    let mut cmd = Command::new("setpriv");
-    cmd.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .arg("--clear-groups")
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    cmd
-}
-
-/// Starts `cmd` and waits for its READY line; panics with what it printed otherwise. The
-/// caller waits for the child it gets.
-#[allow(clippy::zombie_processes)]
-fn start_until_ready(mut cmd: Command) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut process = cmd.spawn().expect("spawn setpriv");
-    let mut out = BufReader::new(process.stdout.take().expect("stdout"));
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if out.read_line(&mut line).expect("child stdout") == 0 {
-            let status = process.wait().expect("wait");
-            panic!("child ended ({status}) before it was ready:\n{seen}");
-        }
-        if line.trim() == READY {
-            return (process, out);
-        }
-        seen.push_str(&line);
-    }
-}
-
-/// Runs `cmd` to its end; panics with its output unless it succeeds.
-fn run_to_end(mut cmd: Command) {
-    let out = cmd.stdin(Stdio::null()).output().expect("run setpriv");
-    assert!(
-        out.status.success(),
-        "child failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-fn ready() {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "\n{READY}").expect("stdout");
-    out.flush().expect("flush");
-}
-
-/// Waits until the parent closes our stdin.
-fn hold() {
-    let mut rest = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut rest);
 }
 
 #[track_caller]
