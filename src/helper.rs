@@ -53,6 +53,7 @@ pub fn run() -> Result<()> {
         user_connections: None,
         user_requests: None,
         user_bounce: None,
+        user_workers: None,
         options: args.options.clone(),
         sloppy: args.sloppy,
         paths: vec![source.clone(), dir.clone()],

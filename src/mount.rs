@@ -81,9 +81,14 @@ pub struct MountArgs {
     /// EAGAIN.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub user_bounce: Option<u64>,
+    /// Per user: worker threads of its rings, all connections together (default 64); a
+    /// ring gets what is left. None left: EAGAIN.
+    #[arg(long, value_name = "N")]
+    pub user_workers: Option<u64>,
     /// Mount options, comma-separated: threads=N, commit=SECONDS, allow_other, dev/nodev,
     /// device=PATH, log=FILE, user_registered=SIZE, user_registrations=N,
-    /// user_connections=N, user_requests=N, user_bounce=SIZE (as in fstab); repeatable.
+    /// user_connections=N, user_requests=N, user_bounce=SIZE, user_workers=N (as in fstab);
+    /// repeatable.
     /// They override the flags.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
@@ -113,6 +118,7 @@ impl MountArgs {
         args.user_connections = limits.connections.or(args.user_connections);
         args.user_requests = limits.requests.or(args.user_requests);
         args.user_bounce = limits.bounce_bytes.or(args.user_bounce);
+        args.user_workers = limits.workers.or(args.user_workers);
         Ok(args)
     }
 
@@ -125,6 +131,7 @@ impl MountArgs {
             connections: self.user_connections,
             requests: self.user_requests,
             bounce_bytes: self.user_bounce,
+            workers: self.user_workers,
         }
         .apply(&mut options.limits);
         let l = &options.limits;

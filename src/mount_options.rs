@@ -38,6 +38,8 @@ pub struct LimitOpts {
     pub requests: Option<u64>,
     /// `user_bounce=SIZE`: bounce memory of unaligned requests.
     pub bounce_bytes: Option<u64>,
+    /// `user_workers=N`: worker threads of the user's rings.
+    pub workers: Option<u64>,
 }
 
 impl LimitOpts {
@@ -49,6 +51,7 @@ impl LimitOpts {
         set(&mut limits.connections, self.connections);
         set(&mut limits.requests, self.requests);
         set(&mut limits.bounce_bytes, self.bounce_bytes);
+        set(&mut limits.workers, self.workers);
     }
 }
 
@@ -80,7 +83,7 @@ pub fn parse(lists: &[String], sloppy: bool) -> Result<MountOpts> {
         let message = format!(
             "unknown mount option(s): {} (stripefs takes threads=N, commit=SECONDS, \
              allow_other, dev, nodev, device=PATH, log=FILE, user_registered=SIZE, \
-             user_registrations=N, user_connections=N, user_requests=N, user_bounce=SIZE)",
+             user_registrations=N, user_connections=N, user_requests=N, user_bounce=SIZE, user_workers=N)",
             unknown.join(", ")
         );
         if !sloppy {
@@ -129,6 +132,7 @@ fn apply(opts: &mut MountOpts, option: &str) -> Result<bool> {
         "user_connections" => opts.limits.connections = Some(count(name, need()?)?),
         "user_requests" => opts.limits.requests = Some(count(name, need()?)?),
         "user_bounce" => opts.limits.bounce_bytes = Some(size(name, need()?)?),
+        "user_workers" => opts.limits.workers = Some(count(name, need()?)?),
         "device" => opts.devices.push(PathBuf::from(need()?)),
         "log" => opts.log = Some(PathBuf::from(need()?)),
         _ => return Ok(false),
@@ -185,7 +189,7 @@ mod tests {
         let opts = parse(
             &lists(&[
                 "user_registered=2G,user_registrations=8,user_connections=3",
-                "user_requests=64,user_bounce=16M",
+                "user_requests=64,user_bounce=16M,user_workers=5",
             ]),
             false,
         )
@@ -197,6 +201,7 @@ mod tests {
             connections: Some(3),
             requests: Some(64),
             bounce_bytes: Some(16 << 20),
+            workers: Some(5),
         };
         assert_eq!(opts, Some(want));
         for bad in [

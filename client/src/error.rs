@@ -105,7 +105,8 @@ fn refusal_hint(op: &str, errno: Errno) -> &'static str {
             " (per-user limit of the mount reached: registered bytes or registrations)"
         }
         ("hello" | "stat", libc::EAGAIN) => {
-            " (per-user limit of the mount reached: connections; close one and retry)"
+            " (per-user limit of the mount reached: connections or worker threads; close a \
+             connection and retry)"
         }
         ("register" | "migrate", libc::ENOSPC) => {
             " (no device buffer slot left for client buffers on the mount)"

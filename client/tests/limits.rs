@@ -35,9 +35,10 @@ fn small_limits() -> Limits {
     Limits {
         registered_bytes: 8 * MIB,
         registrations: 3,
-        connections: 2,
+        connections: 3,
         requests: 16,
         bounce_bytes: 2 * MIB,
+        workers: 2,
     }
 }
 
@@ -79,17 +80,37 @@ fn child_process_entry() {
 fn hog(path: &Path) {
     let file = File::open(path).expect("hog: open");
     let want = data(5, 4 * MIB as usize);
-    // Connections: two, and the third is answered EAGAIN.
-    let c1 = Client::connect(path).expect("hog: first connection");
-    let c2 = Client::connect(path).expect("hog: second connection");
-    let third = Client::connect(path);
-    let text = third
+    let one_worker = ClientOptions {
+        workers: 1,
+        ..ClientOptions::default()
+    };
+    let connect = || Client::connect_with(path, one_worker);
+    let socket = stripefs_client::discover(path).expect("hog: discover");
+    // Connections: three (two of them idle), and a fourth is answered EAGAIN though a
+    // worker is left.
+    let c1 = connect().expect("hog: first connection");
+    let idle: Vec<_> = (0..2)
+        .map(|_| sys::connect(&socket).expect("hog: idle connection"))
+        .collect();
+    let fourth = connect();
+    let text = fourth
         .as_ref()
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(text.contains("connections"), "hog: {text}");
-    refused_with(third, "hello", libc::EAGAIN);
+    refused_with(fourth, "hello", libc::EAGAIN);
+    drop(idle);
+    let own_connections = |n: u32| {
+        common::eventually("the daemon closes our connections", || {
+            c1.stat().is_ok_and(|s| s.connections == n)
+        })
+    };
+    own_connections(1);
+    // Worker threads: two, and a third ring is refused though a connection is left.
+    let c2 = connect().expect("hog: second connection");
+    refused_with(connect(), "hello", libc::EAGAIN);
+    own_connections(2);
     // Requests in flight: 64 reads published at once, 16 taken, 48 refused.
     let b1 = ClientBuffer::new(4 * MIB).expect("hog: buffer");
     let h1 = c1.register(&file, &b1).expect("hog: register 4 MiB");

@@ -32,6 +32,9 @@ pub struct Limits {
     /// Bytes of bounce memory (heap and bounce buffers) the user's unaligned requests may
     /// use at once in the daemon.
     pub bounce_bytes: u64,
+    /// Worker threads of the user's rings, all connections together (a ring asking for
+    /// more gets what is left, at least one, else its `hello` is refused).
+    pub workers: u64,
 }
 
 /// Default bytes a user may register: a quarter of the machine's memory, at most 64 GiB
@@ -49,6 +52,7 @@ impl Default for Limits {
             connections: 32,
             requests: 1024,
             bounce_bytes: 256 << 20,
+            workers: 64,
         }
     }
 }
@@ -77,9 +81,10 @@ pub enum Resource {
     Connections,
     Requests,
     BounceBytes,
+    Workers,
 }
 
-const RESOURCES: usize = 5;
+const RESOURCES: usize = 6;
 
 impl Resource {
     fn index(self) -> usize {
@@ -92,7 +97,10 @@ impl Resource {
     pub fn errno(self) -> i32 {
         match self {
             Resource::RegisteredBytes | Resource::Registrations => libc::EDQUOT,
-            Resource::Connections | Resource::Requests | Resource::BounceBytes => libc::EAGAIN,
+            Resource::Connections
+            | Resource::Requests
+            | Resource::BounceBytes
+            | Resource::Workers => libc::EAGAIN,
         }
     }
 
@@ -103,6 +111,7 @@ impl Resource {
             Resource::Connections => limits.connections,
             Resource::Requests => limits.requests,
             Resource::BounceBytes => limits.bounce_bytes,
+            Resource::Workers => limits.workers,
         }
     }
 }
@@ -163,6 +172,25 @@ impl UserUsage {
         })
     }
 
+    /// Takes as much of `amount` as the limit leaves (root: all of it), for as long as the
+    /// guard lives; refused with the errno if nothing is left.
+    pub(crate) fn charge_up_to(
+        self: &Arc<Self>,
+        resource: Resource,
+        amount: u64,
+    ) -> Result<Charge, i32> {
+        let taken = self.take_up_to(resource, amount);
+        self.give_back(resource, amount - taken);
+        if taken == 0 {
+            return Err(resource.errno());
+        }
+        Ok(Charge {
+            user: self.clone(),
+            resource,
+            amount: taken,
+        })
+    }
+
     /// What the user holds now of `resource`.
     #[cfg(test)]
     pub(crate) fn used(&self, resource: Resource) -> u64 {
@@ -178,6 +206,11 @@ pub(crate) struct Charge {
 }
 
 impl Charge {
+    /// How much the charge holds.
+    pub(crate) fn amount(&self) -> u64 {
+        self.amount
+    }
+
     /// Makes the charge `amount`, taking or giving back the difference; refused (with the
     /// charge unchanged) if more would go over the limit.
     pub(crate) fn resize(&mut self, amount: u64) -> Result<(), i32> {
@@ -238,6 +271,7 @@ mod tests {
             connections: 1,
             requests: 10,
             bounce_bytes: 50,
+            workers: 4,
         }
     }
 
@@ -278,6 +312,21 @@ mod tests {
         let root = users.user(0);
         let _r = root.charge(Resource::Connections, 5).expect("root");
         assert_eq!(users.user(1000).used(Resource::Connections), 1);
+    }
+
+    #[test]
+    fn charge_up_to_takes_what_is_left() {
+        let users = Users::new(limits());
+        let u = users.user(7);
+        let a = u.charge_up_to(Resource::Workers, 3).expect("3 of 4");
+        let b = u.charge_up_to(Resource::Workers, 3).expect("the last one");
+        assert_eq!((a.amount(), b.amount()), (3, 1));
+        assert_eq!(
+            u.charge_up_to(Resource::Workers, 1).err(),
+            Some(libc::EAGAIN)
+        );
+        drop(a);
+        assert_eq!(u.used(Resource::Workers), 1);
     }
 
     #[test]

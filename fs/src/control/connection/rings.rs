@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::super::limits::{Resource, UserUsage};
+use super::super::limits::{Charge, Resource, UserUsage};
 use super::super::ring::{Cqe, RingView, Sqe, WAITING};
 use super::super::server::ServerShared;
 use super::super::sys;
@@ -52,6 +52,8 @@ pub(super) struct RingState {
 pub(super) struct RingThreads {
     pub(super) ring: Arc<RingState>,
     pub(super) threads: Vec<JoinHandle<()>>,
+    /// The worker threads, counted against the user's.
+    pub(super) _workers: Charge,
 }
 
 impl RingThreads {
