@@ -466,3 +466,69 @@ fn a_client_refuses_a_socket_that_is_not_the_mounts() {
     drop(client);
     m.close_and_fsck();
 }
+
+#[test]
+fn client_buffers_cannot_take_the_slots_kept_for_the_filesystem() {
+    require_mount!();
+    let _w = Watchdog::new("device slots", Duration::from_secs(180));
+    let m = mounted(Limits::default());
+    let path = m.path("f");
+    let want = data(8, MIB as usize);
+    std::fs::write(&path, &want).expect("write");
+    let file = File::open(&path).expect("open");
+    // Root is not limited per user: only the devices' slots stop it. Each registration
+    // attaches the buffer to both devices, one slot on each.
+    let client = Client::connect(&path).expect("connect");
+    let buffer = ClientBuffer::new(64 << 10).expect("buffer");
+    let mut handles = Vec::new();
+    let refusal = loop {
+        match client.register(&file, &buffer) {
+            Ok(h) => handles.push(h),
+            Err(e) => break e,
+        }
+        assert!(
+            handles.len() <= 1024,
+            "more registrations than device slots"
+        );
+    };
+    assert_eq!(refusal.errno(), libc::ENOSPC, "{refusal}");
+    assert!(refusal.to_string().contains("slot"), "{refusal}");
+    assert!(
+        (800..=1024 - 128).contains(&handles.len()),
+        "{} registrations before the slots ran out",
+        handles.len()
+    );
+    // The filesystem's own I/O still has its slots: reads, writes and commits through the
+    // mount, from several threads at once.
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let m = &m;
+            let want = &want;
+            s.spawn(move || {
+                let name = m.path(&format!("w{t}"));
+                let bytes = data(9 + t, 300_000);
+                std::fs::write(&name, &bytes).expect("write through the mount");
+                File::open(&name).expect("open").sync_all().expect("fsync");
+                assert_same("read back", &std::fs::read(&name).expect("read"), &bytes);
+                assert_same("read", &std::fs::read(m.path("f")).expect("read"), want);
+            });
+        }
+    });
+    // A registered read on a registration made before still works, and slots given back
+    // are usable again (beyond those the filesystem's bounce buffers took meanwhile).
+    let h = handles[0];
+    assert_eq!(
+        client.read(h, 0, 0, 64 << 10).expect("registered read"),
+        64 << 10
+    );
+    let mut got = vec![0u8; 64 << 10];
+    buffer.read_at(0, &mut got).expect("copy");
+    assert_same("registered read", &got, &want[..64 << 10]);
+    for h in handles.drain(handles.len() - 64..) {
+        client.unregister(h).expect("unregister");
+    }
+    handles.push(client.register(&file, &buffer).expect("register again"));
+    drop(client);
+    m.wait_for_no_connections(Duration::from_secs(10));
+    m.close_and_fsck();
+}
