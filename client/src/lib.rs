@@ -453,13 +453,14 @@ impl Client {
     /// `file` opened for reading, writes need it opened for writing. The daemon attaches the
     /// buffer to every device the file spans.
     pub fn register(&self, file: &impl AsFd, buffer: &ClientBuffer) -> Result<Handle, ClientError> {
-        // Holding the view keeps a migration of this buffer from switching pages under us.
-        let memory = buffer.inner.memory.read();
-        let (reply, _) = self.call(
-            &proto::Request::Register { flags: 0 },
-            &[file.as_fd(), memory.fd()],
-        )?;
-        drop(memory);
+        let (reply, _) = buffer.registering(|memfd| {
+            let reply = self.call(
+                &proto::Request::Register { flags: 0 },
+                &[file.as_fd(), memfd],
+            )?;
+            buffer.inner.registered_on.lock().push(self.id);
+            Ok(reply)
+        })?;
         let Reply::Register(RegisterReply {
             handle,
             ino,
@@ -480,7 +481,6 @@ impl Client {
             writable: access & proto::ACCESS_WRITE != 0,
             devices,
         };
-        buffer.inner.registered_on.lock().push(self.id);
         self.registrations.lock().insert(
             handle,
             Registered {

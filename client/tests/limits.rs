@@ -532,3 +532,41 @@ fn client_buffers_cannot_take_the_slots_kept_for_the_filesystem() {
     m.wait_for_no_connections(Duration::from_secs(10));
     m.close_and_fsck();
 }
+
+#[test]
+fn a_buffer_released_by_the_daemon_can_be_registered_again() {
+    require_mount!();
+    let _w = Watchdog::new("register again", Duration::from_secs(120));
+    let m = mounted(Limits::default());
+    let path = m.path("f");
+    let want = data(10, MIB as usize);
+    std::fs::write(&path, &want).expect("write");
+    let file = File::open(&path).expect("open");
+    let buffer = ClientBuffer::new(MIB).expect("buffer");
+    buffer.write_at(5, b"kept").expect("write");
+    let read_all = |client: &Client| {
+        let h = client.register(&file, &buffer).expect("register");
+        let mut kept = [0u8; 4];
+        buffer.read_at(5, &mut kept).expect("copy");
+        assert_eq!(&kept, b"kept", "the contents move with the buffer");
+        assert_eq!(client.read(h, 0, 0, MIB).expect("read"), MIB);
+        let mut got = vec![0u8; MIB as usize];
+        buffer.read_at(0, &mut got).expect("copy");
+        assert_same("registered read", &got, &want);
+        buffer.write_at(5, b"kept").expect("write");
+        h
+    };
+    let first = Client::connect(&path).expect("connect");
+    let h = read_all(&first);
+    // Unregistered: the daemon has let the pages go, and sealed them; again on the same
+    // connection, then on another one once the first is gone.
+    first.unregister(h).expect("unregister");
+    read_all(&first);
+    drop(first);
+    m.wait_for_no_connections(Duration::from_secs(10));
+    let second = Client::connect(&path).expect("connect");
+    read_all(&second);
+    drop(second);
+    m.wait_for_no_connections(Duration::from_secs(10));
+    m.close_and_fsck();
+}

@@ -160,6 +160,18 @@ impl Memory {
         self.foreign
     }
 
+    /// Whether the memfd is sealed against new writable mappings (`F_SEAL_WRITE` or
+    /// `F_SEAL_FUTURE_WRITE`): once a receiver has imported it ([`Memory::from_memfd`]), no
+    /// other mapping of it can be made for I/O.
+    pub fn is_write_sealed(&self) -> Result<bool, MappingError> {
+        // SAFETY: F_GET_SEALS only reads the seals of the descriptor.
+        let seals = unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 {
+            return Err(MappingError::os("fcntl(F_GET_SEALS)"));
+        }
+        Ok(seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) != 0)
+    }
+
     /// The memfd behind the memory.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
