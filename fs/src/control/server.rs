@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::connection::{self, Connection};
 use super::imports::Imports;
-use super::limits::{Limits, Resource, Users};
+use super::limits::{Charge, Limits, Resource, UserUsage, Users};
 use super::proto::{self, DeviceStat, RegistrationStat, StatReply};
 use super::refuse::Refuser;
 use super::{ControlError, socket_dir, sys};
@@ -315,13 +315,7 @@ fn accept_loop(shared: &Arc<ServerShared>) {
             continue; // dropping the socket closes it
         };
         let user = shared.users.user(cred.uid);
-        let charge = match user.charge(Resource::Connections, 1) {
-            Ok(_) if shared.connections.lock().len() >= shared.options.max_connections => {
-                Err(libc::EAGAIN)
-            }
-            other => other,
-        };
-        let charge = match charge {
+        let charge = match admit(shared, &user) {
             Ok(charge) => charge,
             Err(errno) => {
                 shared.refused.fetch_add(1, Ordering::Relaxed);
@@ -348,6 +342,16 @@ fn accept_loop(shared: &Arc<ServerShared>) {
             }
         }
     }
+}
+
+/// Counts a new connection against its user's limit and the server's; the errno to refuse
+/// it with otherwise (`EAGAIN`).
+fn admit(shared: &ServerShared, user: &Arc<UserUsage>) -> Result<Charge, i32> {
+    let charge = user.charge(Resource::Connections, 1)?;
+    if shared.connections.lock().len() >= shared.options.max_connections {
+        return Err(libc::EAGAIN);
+    }
+    Ok(charge)
 }
 
 impl ServerShared {

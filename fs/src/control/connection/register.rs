@@ -164,7 +164,7 @@ pub(super) fn migrate(
     // The new pages are pinned in place of the old ones: the user is charged their length.
     let mut charges = conn.buffer_charges.lock();
     let charge = charges.get_mut(&reg.buffer.id()).ok_or(libc::EBADF)?;
-    let charged = reg.buffer.len();
+    let charged = charge.amount();
     charge.resize(len)?;
     let moved = server
         .imports

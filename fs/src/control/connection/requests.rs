@@ -10,10 +10,10 @@ use super::super::ring::{NEED_WAKEUP, OP_READ, OP_WRITE, Sqe};
 use super::super::server::ServerShared;
 use super::super::sys;
 use super::Connection;
-use super::direct::DirectReads;
+use super::direct::{DirectReads, block_aligned};
 use super::handles::Registration;
 use super::rings::{Job, RingState, finish};
-use crate::filesystem::{BLOCK_SIZE, BOUNCE_SIZE};
+use crate::filesystem::BOUNCE_SIZE;
 
 /// Largest piece one worker call moves; longer requests are done in pieces (bounds the
 /// bounce allocation of a misaligned request).
@@ -190,11 +190,7 @@ pub(super) fn worker(server: &ServerShared, ring: &RingState) {
 /// buffer); otherwise a heap copy of up to [`MAX_PIECE`] bytes and a bounce buffer of the
 /// pool.
 pub(super) fn bounce_need(sqe: &Sqe) -> u64 {
-    let block = BLOCK_SIZE;
-    let aligned = sqe.file_offset.is_multiple_of(block)
-        && sqe.buffer_offset.is_multiple_of(block)
-        && sqe.len.is_multiple_of(block);
-    if aligned {
+    if block_aligned(sqe) {
         0
     } else {
         sqe.len.min(MAX_PIECE) + BOUNCE_SIZE
