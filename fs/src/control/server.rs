@@ -28,7 +28,8 @@ pub struct ServerOptions {
     /// Where the socket is created (`/run/stripefs`; for a user who cannot write there, a
     /// directory of the user's: see [`super::socket_dir::choose`]).
     pub socket_dir: PathBuf,
-    /// Connections served at once; more are closed right after accept.
+    /// Connections served at once; more are refused (their first message is answered with
+    /// `EAGAIN`, then they are closed).
     pub max_connections: usize,
     /// Live registrations per connection.
     pub max_registrations: usize,
