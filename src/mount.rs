@@ -31,7 +31,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use stripefs_engine::DeviceSpec;
 use stripefs_fs::Filesystem;
-use stripefs_fs::mount::{Mount, MountOptions, is_root};
+use stripefs_fs::control::ServerOptions;
+use stripefs_fs::mount::{Mount, MountOptions};
 
 use crate::lock::{DaemonState, DeviceLocks, Phase, lock_devices};
 use crate::mkfs::parse_specs;
@@ -48,7 +49,8 @@ pub struct MountArgs {
     /// Commit metadata changes to the log at least this often (fsync commits at once).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub commit_interval: Duration,
-    /// Let every user in (the default as root).
+    /// Let every user in (FUSE's allow_other; off unless asked, as for any FUSE mount; a
+    /// user needs user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
     /// Let device nodes on the filesystem be opened as devices (mount's `dev`; the default
@@ -62,8 +64,32 @@ pub struct MountArgs {
     /// by `UUID=…` or by one member; repeatable.
     #[arg(long = "device", value_name = "PATH")]
     pub extra_devices: Vec<PathBuf>,
+    /// Per user of the control endpoint (root is not limited): bytes of buffers registered
+    /// at once (default: a quarter of the memory, at most 64G). Over it: EDQUOT.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub user_registered: Option<u64>,
+    /// Per user: live registrations (default 256). Over it: EDQUOT.
+    #[arg(long, value_name = "N")]
+    pub user_registrations: Option<u64>,
+    /// Per user: control connections open at once (default 32). Over it: EAGAIN.
+    #[arg(long, value_name = "N")]
+    pub user_connections: Option<u64>,
+    /// Per user: registered I/O requests in flight (default 1024). Over it: EAGAIN.
+    #[arg(long, value_name = "N")]
+    pub user_requests: Option<u64>,
+    /// Per user: bounce memory of unaligned requests at once (default 256M). Over it:
+    /// EAGAIN.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub user_bounce: Option<u64>,
+    /// Per user: worker threads of its rings, all connections together (default 64); a
+    /// ring gets what is left. None left: EAGAIN.
+    #[arg(long, value_name = "N")]
+    pub user_workers: Option<u64>,
     /// Mount options, comma-separated: threads=N, commit=SECONDS, allow_other, dev/nodev,
-    /// device=PATH, log=FILE (as in fstab); repeatable. They override the flags.
+    /// device=PATH, log=FILE, user_registered=SIZE, user_registrations=N,
+    /// user_connections=N, user_requests=N, user_bounce=SIZE, user_workers=N (as in fstab);
+    /// repeatable.
+    /// They override the flags.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Warn about unknown mount options instead of refusing them (mount's -s).
@@ -86,8 +112,40 @@ impl MountArgs {
         args.extra_devices.extend(opts.devices);
         args.allow_other |= opts.allow_other;
         args.dev = opts.dev.unwrap_or(args.dev);
+        let limits = &opts.limits;
+        args.user_registered = limits.registered_bytes.or(args.user_registered);
+        args.user_registrations = limits.registrations.or(args.user_registrations);
+        args.user_connections = limits.connections.or(args.user_connections);
+        args.user_requests = limits.requests.or(args.user_requests);
+        args.user_bounce = limits.bounce_bytes.or(args.user_bounce);
+        args.user_workers = limits.workers.or(args.user_workers);
         Ok(args)
     }
+
+    /// The control endpoint's options: the defaults, with the per-user limits given.
+    fn server_options(&self) -> Result<ServerOptions> {
+        let mut options = ServerOptions::default();
+        crate::mount_options::LimitOpts {
+            registered_bytes: self.user_registered,
+            registrations: self.user_registrations,
+            connections: self.user_connections,
+            requests: self.user_requests,
+            bounce_bytes: self.user_bounce,
+            workers: self.user_workers,
+        }
+        .apply(&mut options.limits);
+        let l = &options.limits;
+        if [l.registrations, l.connections, l.requests].contains(&0) {
+            bail!(
+                "--user-registrations, --user-connections and --user-requests must be at least 1"
+            );
+        }
+        Ok(options)
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    stripefs_engine::spec::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -120,9 +178,10 @@ pub fn run(args: &MountArgs) -> Result<()> {
     if args.threads == 0 {
         bail!("--threads must be at least 1");
     }
+    let server_options = args.server_options()?;
     let options = MountOptions {
         threads: args.threads,
-        allow_other: is_root() || args.allow_other,
+        allow_other: args.allow_other,
         fsname: "stripefs".into(),
         dev: args.dev,
     };
@@ -141,7 +200,7 @@ pub fn run(args: &MountArgs) -> Result<()> {
                 fs,
                 &specs,
                 &mountpoint,
-                &options,
+                (&options, &server_options),
                 args.commit_interval,
                 ready,
             )
@@ -153,7 +212,7 @@ pub fn run(args: &MountArgs) -> Result<()> {
             fs,
             &specs,
             &mountpoint,
-            &options,
+            (&options, &server_options),
             args.commit_interval,
             Ready::Foreground,
         )
@@ -206,7 +265,7 @@ fn serve(
     fs: Arc<Filesystem>,
     specs: &[DeviceSpec],
     mountpoint: &Path,
-    options: &MountOptions,
+    (options, server_options): (&MountOptions, &ServerOptions),
     commit_interval: Duration,
     ready: Ready,
 ) -> Result<()> {
@@ -224,12 +283,15 @@ fn serve(
         .check()
         .with_context(|| format!("checking the mount on {}", mountpoint.display()))?;
     // Before the mount is announced, so the socket exists when `mount --daemon` returns.
-    let control = stripefs_fs::control::Server::start(fs.clone(), mountpoint)
-        .with_context(|| format!("starting the control endpoint of {}", mountpoint.display()))?;
+    let control =
+        stripefs_fs::control::Server::start_with(fs.clone(), mountpoint, server_options.clone())
+            .with_context(|| {
+                format!("starting the control endpoint of {}", mountpoint.display())
+            })?;
     let canonical = mountpoint
         .canonicalize()
         .unwrap_or_else(|_| mountpoint.to_path_buf());
-    let pid_file = crate::umount::pid_file(&canonical);
+    let pid_file = crate::umount::pid_file_of(control.socket_path());
     // Before the announcement, so both exist when `mount --daemon` returns (this process
     // is already the daemon: its pid is final).
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {

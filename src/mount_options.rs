@@ -21,6 +21,38 @@ pub struct MountOpts {
     pub devices: Vec<PathBuf>,
     /// `log=FILE`
     pub log: Option<PathBuf>,
+    /// The per-user limits of the control endpoint (`user_registered=SIZE`, ...).
+    pub limits: LimitOpts,
+}
+
+/// Per-user limits of the control endpoint given as options (`None`: the default).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LimitOpts {
+    /// `user_registered=SIZE`: bytes of buffers registered.
+    pub registered_bytes: Option<u64>,
+    /// `user_registrations=N`
+    pub registrations: Option<u64>,
+    /// `user_connections=N`
+    pub connections: Option<u64>,
+    /// `user_requests=N`: requests in flight.
+    pub requests: Option<u64>,
+    /// `user_bounce=SIZE`: bounce memory of unaligned requests.
+    pub bounce_bytes: Option<u64>,
+    /// `user_workers=N`: worker threads of the user's rings.
+    pub workers: Option<u64>,
+}
+
+impl LimitOpts {
+    /// `limits` with the values given here put over them.
+    pub fn apply(&self, limits: &mut stripefs_fs::control::Limits) {
+        let set = |to: &mut u64, from: Option<u64>| *to = from.unwrap_or(*to);
+        set(&mut limits.registered_bytes, self.registered_bytes);
+        set(&mut limits.registrations, self.registrations);
+        set(&mut limits.connections, self.connections);
+        set(&mut limits.requests, self.requests);
+        set(&mut limits.bounce_bytes, self.bounce_bytes);
+        set(&mut limits.workers, self.workers);
+    }
 }
 
 /// Options that mount(8) passes along, that carry nothing for stripefs, or that say what a
@@ -50,7 +82,8 @@ pub fn parse(lists: &[String], sloppy: bool) -> Result<MountOpts> {
     if !unknown.is_empty() {
         let message = format!(
             "unknown mount option(s): {} (stripefs takes threads=N, commit=SECONDS, \
-             allow_other, dev, nodev, device=PATH, log=FILE)",
+             allow_other, dev, nodev, device=PATH, log=FILE, user_registered=SIZE, \
+             user_registrations=N, user_connections=N, user_requests=N, user_bounce=SIZE, user_workers=N)",
             unknown.join(", ")
         );
         if !sloppy {
@@ -94,11 +127,31 @@ fn apply(opts: &mut MountOpts, option: &str) -> Result<bool> {
         "allow_other" if value.is_none() => opts.allow_other = true,
         "dev" if value.is_none() => opts.dev = Some(true),
         "nodev" if value.is_none() => opts.dev = Some(false),
+        "user_registered" => opts.limits.registered_bytes = Some(size(name, need()?)?),
+        "user_registrations" => opts.limits.registrations = Some(count(name, need()?)?),
+        "user_connections" => opts.limits.connections = Some(count(name, need()?)?),
+        "user_requests" => opts.limits.requests = Some(count(name, need()?)?),
+        "user_bounce" => opts.limits.bounce_bytes = Some(size(name, need()?)?),
+        "user_workers" => opts.limits.workers = Some(count(name, need()?)?),
         "device" => opts.devices.push(PathBuf::from(need()?)),
         "log" => opts.log = Some(PathBuf::from(need()?)),
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// A size such as `4G` or `512M` (a per-user limit).
+pub fn size(name: &str, value: &str) -> Result<u64> {
+    stripefs_engine::spec::parse_size(value).with_context(|| format!("{name}={value}"))
+}
+
+/// A count of 1 or more (a per-user limit).
+pub fn count(name: &str, value: &str) -> Result<u64> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .with_context(|| format!("{name}={value}: not a number (1 or more)"))
 }
 
 #[cfg(test)]
@@ -126,8 +179,40 @@ mod tests {
             dev: Some(true),
             devices: vec![PathBuf::from("/a"), PathBuf::from("/b")],
             log: Some(PathBuf::from("/l")),
+            limits: LimitOpts::default(),
         };
         assert_eq!(opts, Some(want));
+    }
+
+    #[test]
+    fn per_user_limits_parse() {
+        let opts = parse(
+            &lists(&[
+                "user_registered=2G,user_registrations=8,user_connections=3",
+                "user_requests=64,user_bounce=16M,user_workers=5",
+            ]),
+            false,
+        )
+        .ok()
+        .map(|o| o.limits);
+        let want = LimitOpts {
+            registered_bytes: Some(2 << 30),
+            registrations: Some(8),
+            connections: Some(3),
+            requests: Some(64),
+            bounce_bytes: Some(16 << 20),
+            workers: Some(5),
+        };
+        assert_eq!(opts, Some(want));
+        for bad in [
+            "user_registered=lots",
+            "user_registrations=0",
+            "user_connections=",
+            "user_requests=-1",
+            "user_bounce",
+        ] {
+            assert!(parse(&lists(&[bad]), false).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -17,9 +17,18 @@ pub struct UmountArgs {
     pub timeout: u64,
 }
 
-/// Where the daemon serving `mountpoint` (canonical) records its pid.
+/// Where the daemon serving `mountpoint` (canonical) records its pid: next to its control
+/// socket, which the mount names (its `user.stripefs.control` attribute; a daemon of a user
+/// keeps it in a directory of the user's), else in the system directory.
 pub fn pid_file(mountpoint: &Path) -> PathBuf {
-    Server::socket_path(mountpoint).with_extension("pid")
+    let socket =
+        stripefs_client::discover(mountpoint).unwrap_or_else(|_| Server::socket_path(mountpoint));
+    pid_file_of(&socket)
+}
+
+/// The pid file of the daemon listening on `socket`.
+pub fn pid_file_of(socket: &Path) -> PathBuf {
+    socket.with_extension("pid")
 }
 
 pub fn run(args: &UmountArgs) -> Result<()> {

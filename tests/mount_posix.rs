@@ -642,7 +642,8 @@ fn as_nobody(script: &str) -> std::process::Output {
 
 #[test]
 fn permissions_are_checked_by_the_kernel() {
-    let Some(fx) = Fixture::new("permissions", &[], &[]) else {
+    // Other users reach the mount only with allow_other (off unless asked).
+    let Some(fx) = Fixture::new("permissions", &[], &["-o", "allow_other"]) else {
         return;
     };
     if common::require::skip(&[common::require::Requirement::Tool("setpriv")]) {

@@ -55,9 +55,12 @@ struct stripefs_completion {
 
 /* Connects to the daemon serving the mount that holds path_on_mount (a file or directory on
  * it): the user.stripefs.control attribute of the mount, else the well-known socket
- * /run/stripefs/mnt-<hash of the canonical mountpoint>.sock. */
+ * /run/stripefs/mnt-<hash of the canonical mountpoint>.sock. Before sending anything, checks
+ * that the path is on a stripefs mount and that the socket is served by the mount's owner
+ * (or root): -EPERM otherwise. */
 int stripefs_connect(const char *path_on_mount, stripefs_client **client);
-/* Connects to a control socket by its path; entries: ring size (power of two, 0: 128). */
+/* Connects to a control socket by its path, trusted as given (no check of whose it is);
+ * entries: ring size (power of two, 0: 128). */
 int stripefs_connect_socket(const char *socket_path, uint32_t entries, stripefs_client **client);
 /* Closes the connection; every registration made through it is released. */
 void stripefs_disconnect(stripefs_client *client);

@@ -34,6 +34,8 @@ pub(crate) struct BufferInner {
     pub(crate) memory: RwLock<Arc<Memory>>,
     /// Connections (by client number) this buffer is registered on, one entry per handle.
     pub(crate) registered_on: Mutex<Vec<u64>>,
+    /// Held across a registration (see [`ClientBuffer::registering`]).
+    registering: Mutex<()>,
 }
 
 fn next_id() -> u64 {
@@ -61,6 +63,7 @@ impl ClientBuffer {
                 huge_pages,
                 memory: RwLock::new(Arc::new(memory)),
                 registered_on: Mutex::new(Vec::new()),
+                registering: Mutex::new(()),
             }),
         })
     }
@@ -72,6 +75,33 @@ impl ClientBuffer {
             self.inner.len,
             self.inner.huge_pages,
         )?)
+    }
+
+    /// Runs `register` (which sends the buffer's memfd to a daemon and, on success, records
+    /// the registration in `registered_on`) with the memfd to send, one registration of the
+    /// buffer at a time.
+    ///
+    /// A daemon maps a buffer's memfd once and seals it against new writable mappings
+    /// (`F_SEAL_FUTURE_WRITE`, so that no hole can be punched in registered memory): once no
+    /// daemon holds it any more (every registration of the buffer dropped), it cannot be
+    /// mapped for I/O again. Registering such a buffer first moves it to fresh pages (its
+    /// contents copied; [`ClientBuffer::as_ptr`] changes, as after a migration).
+    pub(crate) fn registering<R>(
+        &self,
+        register: impl FnOnce(BorrowedFd<'_>) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        let _one = self.inner.registering.lock();
+        if self.inner.registered_on.lock().is_empty() {
+            let mut current = self.inner.memory.write();
+            if current.is_write_sealed()? {
+                let fresh = self.fresh_memory()?;
+                fresh.copy_from(&current);
+                *current = Arc::new(fresh);
+            }
+        }
+        // Holding the view keeps a migration of this buffer from switching pages under us.
+        let memory = self.inner.memory.read();
+        register(memory.fd())
     }
 
     /// Length in bytes (a multiple of the page size).

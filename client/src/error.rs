@@ -39,8 +39,14 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the daemon refused {op}: {errno}")]
+    #[error("the daemon refused {op}: {errno}{}", refusal_hint(op, *errno))]
     Refused { op: &'static str, errno: Errno },
+    #[error("{path}: will not use the control socket {socket}: {why}")]
+    Untrusted {
+        path: PathBuf,
+        socket: PathBuf,
+        why: String,
+    },
     #[error("protocol error: {what}")]
     Protocol { what: String },
     #[error("the daemon closed the connection")]
@@ -68,6 +74,7 @@ impl ClientError {
             | ClientError::Connect { source, .. }
             | ClientError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             ClientError::Refused { errno, .. } => errno.0,
+            ClientError::Untrusted { .. } => libc::EPERM,
             ClientError::Protocol { .. } => libc::EPROTO,
             ClientError::Disconnected => libc::ENOTCONN,
             ClientError::Busy { .. } | ClientError::BufferShared => libc::EBUSY,
@@ -86,6 +93,28 @@ impl ClientError {
     }
 }
 
+/// What a refusal means, where the errno alone would not say (the daemon's per-user limits,
+/// and its refusal to allocate a client's memory).
+fn refusal_hint(op: &str, errno: Errno) -> &'static str {
+    match (op, errno.0) {
+        ("register", libc::EFAULT) => {
+            " (the buffer's pages are not all allocated: the daemon does not allocate memory \
+             for a client)"
+        }
+        (_, libc::EDQUOT) => {
+            " (per-user limit of the mount reached: registered bytes or registrations)"
+        }
+        ("hello" | "stat", libc::EAGAIN) => {
+            " (per-user limit of the mount reached: connections or worker threads; close a \
+             connection and retry)"
+        }
+        ("register" | "migrate", libc::ENOSPC) => {
+            " (no device buffer slot left for client buffers on the mount)"
+        }
+        _ => "",
+    }
+}
+
 fn mapping_errno(e: &MappingError) -> i32 {
     match e {
         MappingError::Os { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
@@ -94,7 +123,10 @@ fn mapping_errno(e: &MappingError) -> i32 {
         | MappingError::OutOfBuffer { .. } => libc::EINVAL,
         MappingError::HugePagesUnavailable { .. } => libc::ENOMEM,
         MappingError::UdmabufUnavailable { .. } => libc::ENODEV,
-        MappingError::NotSealed { .. } => libc::EPERM,
+        MappingError::NotSealed { .. }
+        | MappingError::CannotSeal { .. }
+        | MappingError::WriteSealed { .. } => libc::EPERM,
+        MappingError::NotBacked { .. } => libc::EFAULT,
         MappingError::Revoked { .. } => libc::EBADF,
         MappingError::Attach { .. } => libc::ENXIO,
     }

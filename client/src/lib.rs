@@ -44,6 +44,7 @@ pub mod ring;
 #[doc(hidden)]
 #[path = "../../fs/src/control/sys.rs"]
 pub mod sys;
+mod trust;
 
 pub use buffer::ClientBuffer;
 pub use discover::discover;
@@ -278,10 +279,12 @@ fn call(
 /// without setting up a ring (what `stripefs stat` shows).
 pub fn stat(path_on_mount: impl AsRef<Path>) -> Result<StatReply, ClientError> {
     let socket_path = discover(path_on_mount.as_ref())?;
+    let owner = trust::mount_owner_of(path_on_mount.as_ref(), &socket_path)?;
     let socket = sys::connect(&socket_path).map_err(|source| ClientError::Connect {
         path: socket_path.clone(),
         source,
     })?;
+    trust::check_peer(owner, path_on_mount.as_ref(), &socket_path, socket.as_fd())?;
     match call(socket.as_fd(), 1, &proto::Request::Stat, &[])?.0 {
         Reply::Stat(s) => Ok(s),
         _ => Err(ClientError::Protocol {
@@ -302,7 +305,9 @@ fn result_of(raw: i64) -> Result<u64, Errno> {
 
 impl Client {
     /// Connects to the daemon serving the mount that holds `path_on_mount` (any file or
-    /// directory on it), found with [`discover`].
+    /// directory on it), found with [`discover`]. Before sending anything it checks that the
+    /// path is on a stripefs mount and that the socket's peer is the uid owning that mount,
+    /// or root ([`ClientError::Untrusted`] otherwise).
     pub fn connect(path_on_mount: impl AsRef<Path>) -> Result<Client, ClientError> {
         Self::connect_with(path_on_mount, ClientOptions::default())
     }
@@ -312,8 +317,9 @@ impl Client {
         path_on_mount: impl AsRef<Path>,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
-        let socket = discover(path_on_mount.as_ref())?;
-        Self::connect_socket_with(&socket, options)
+        let path = path_on_mount.as_ref();
+        let socket = discover(path)?;
+        Self::connect_to(&socket, options, Some(path))
     }
 
     /// Connects to the control socket at `socket_path`.
@@ -326,11 +332,38 @@ impl Client {
         socket_path: impl AsRef<Path>,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
-        let socket_path = socket_path.as_ref().to_path_buf();
+        Self::connect_to(socket_path.as_ref(), options, None)
+    }
+
+    /// Connects to the control socket at `socket_path` for the mount that holds
+    /// `path_on_mount`, after checking (before sending anything) that the socket is served by
+    /// that mount's owner: see [`Client::connect`].
+    pub fn connect_socket_for(
+        socket_path: impl AsRef<Path>,
+        path_on_mount: impl AsRef<Path>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        Self::connect_to(socket_path.as_ref(), options, Some(path_on_mount.as_ref()))
+    }
+
+    /// Connects to `socket_path`; when it was found from `path_on_mount`, first checks that
+    /// the socket belongs to that mount's daemon (see [`trust`]).
+    fn connect_to(
+        socket_path: &Path,
+        options: ClientOptions,
+        path_on_mount: Option<&Path>,
+    ) -> Result<Client, ClientError> {
+        let socket_path = socket_path.to_path_buf();
+        let owner = path_on_mount
+            .map(|path| trust::mount_owner_of(path, &socket_path).map(|uid| (path, uid)))
+            .transpose()?;
         let socket = sys::connect(&socket_path).map_err(|source| ClientError::Connect {
             path: socket_path.clone(),
             source,
         })?;
+        if let Some((path, uid)) = owner {
+            trust::check_peer(uid, path, &socket_path, socket.as_fd())?;
+        }
         let hello = proto::Request::Hello {
             sq_entries: options.entries,
             workers: options.workers,
@@ -420,13 +453,14 @@ impl Client {
     /// `file` opened for reading, writes need it opened for writing. The daemon attaches the
     /// buffer to every device the file spans.
     pub fn register(&self, file: &impl AsFd, buffer: &ClientBuffer) -> Result<Handle, ClientError> {
-        // Holding the view keeps a migration of this buffer from switching pages under us.
-        let memory = buffer.inner.memory.read();
-        let (reply, _) = self.call(
-            &proto::Request::Register { flags: 0 },
-            &[file.as_fd(), memory.fd()],
-        )?;
-        drop(memory);
+        let (reply, _) = buffer.registering(|memfd| {
+            let reply = self.call(
+                &proto::Request::Register { flags: 0 },
+                &[file.as_fd(), memfd],
+            )?;
+            buffer.inner.registered_on.lock().push(self.id);
+            Ok(reply)
+        })?;
         let Reply::Register(RegisterReply {
             handle,
             ino,
@@ -447,7 +481,6 @@ impl Client {
             writable: access & proto::ACCESS_WRITE != 0,
             devices,
         };
-        buffer.inner.registered_on.lock().push(self.id);
         self.registrations.lock().insert(
             handle,
             Registered {

@@ -1,7 +1,8 @@
 //! The control server without a FUSE mount (for machines without /dev/fuse): host files
 //! stand in for inodes (`HostFiles`), the client finds the socket from a path under the
-//! directory the server was started for (the well-known derived socket path), and reads
-//! what the filesystem holds.
+//! directory the server was started for (the well-known derived socket path; connecting from
+//! that path is refused, since it is on no stripefs mount, so the socket is named), and
+//! reads what the filesystem holds.
 
 #[path = "../../tests/common/require.rs"]
 mod require;
@@ -10,7 +11,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::time::Duration;
 
-use stripefs_client::{Client, ClientBuffer};
+use stripefs_client::{Client, ClientBuffer, ClientError};
 use stripefs_engine::{DeviceSpec, pattern};
 use stripefs_fs::control::{HostFiles, Server, ServerOptions};
 use stripefs_fs::filesystem::{self, Caller, Filesystem, MkfsOptions};
@@ -52,7 +53,17 @@ fn a_server_without_a_mount_serves_host_stand_ins_found_by_the_derived_socket_pa
     let server = Server::start_unmounted(fs.clone(), &fake_mount, files, ServerOptions::default())
         .expect("server");
 
-    let client = Client::connect(&stand_in).expect("connect through the derived socket path");
+    // Found from the path alone; but the path is not on a stripefs mount, so connecting
+    // from the path is refused (before anything is sent), and the socket must be named.
+    let socket = stripefs_client::discover(&stand_in).expect("the derived socket path");
+    assert_eq!(socket, server.socket_path());
+    match Client::connect(&stand_in) {
+        Err(ClientError::Untrusted { why, .. }) => {
+            assert!(why.contains("not on a FUSE mount"), "{why}")
+        }
+        other => panic!("a path off any mount was trusted: {:?}", other.err()),
+    }
+    let client = Client::connect_socket(&socket).expect("connect to the named socket");
     assert_eq!(client.socket_path(), server.socket_path());
     let buffer = ClientBuffer::new(1 << 20).expect("buffer");
     let file = File::open(&stand_in).expect("open stand-in");

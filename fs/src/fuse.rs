@@ -697,8 +697,7 @@ impl fuser::Filesystem for Fuse {
     ) {
         let (who, _) = self.caller(req, parent.0);
         let created = match self.fs.create(parent.0, name, mode, who) {
-            // Created by someone else since the kernel's lookup: open it, unless O_EXCL.
-            Err(FsError::Exists) if flags & libc::O_EXCL == 0 => self.fs.lookup(parent.0, name),
+            Err(FsError::Exists) => return reply.error(lost_create(flags)),
             other => other,
         };
         let opened = created.and_then(|a| self.fs.open_file(a.ino));
@@ -713,6 +712,20 @@ impl fuser::Filesystem for Fuse {
             Err(e) => reply.error(errno("create", parent.0, &e)),
         }
     }
+}
+
+/// The answer to a `create` whose name appeared since the kernel's lookup (made by this
+/// daemon for another mount or a registered-I/O client, say): not the file, which the
+/// kernel would then take as created by this call, skipping its permission check and
+/// `O_TRUNC`. `EEXIST` for `O_EXCL`; otherwise `ESTALE`, on which the kernel looks the name
+/// up again (`do_filp_open` retries with `LOOKUP_REVAL`, which drops the negative dentry)
+/// and opens the file it finds like any open: with its permission checks and `O_TRUNC`.
+fn lost_create(flags: i32) -> Errno {
+    Errno::from_i32(if flags & libc::O_EXCL != 0 {
+        libc::EEXIST
+    } else {
+        libc::ESTALE
+    })
 }
 
 /// Refuses the `system.` namespace. Without FUSE_POSIX_ACL the kernel passes

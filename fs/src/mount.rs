@@ -29,7 +29,9 @@ const FUSE_SUPER_MAGIC: libc::__fsword_t = 0x6573_5546;
 pub struct MountOptions {
     /// Event-loop threads (requests served in parallel).
     pub threads: usize,
-    /// Let every user in (`allow_other`; needs root or `user_allow_other`).
+    /// Let every user in (`allow_other`; needs root or `user_allow_other` in
+    /// `/etc/fuse.conf`). Off by default, as for every FUSE filesystem: only the user who
+    /// mounted (and, for the kernel's checks, nobody else) may use the mount.
     pub allow_other: bool,
     /// The source shown in `/proc/mounts`.
     pub fsname: String,
@@ -43,7 +45,7 @@ impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             threads: 4,
-            allow_other: is_root(),
+            allow_other: false,
             fsname: "stripefs".into(),
             dev: false,
         }
@@ -106,6 +108,7 @@ impl Mount {
                 }
             }
         } else {
+            user_can_mount()?;
             config.mount_options = vec![
                 MountOption::FSName(options.fsname.clone()),
                 MountOption::Subtype("stripefs".into()),
@@ -296,6 +299,35 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Whether this (non-root) user can mount FUSE here: `fusermount3` opens `/dev/fuse` with
+/// the user's own file-system uid, so a user who cannot open it cannot mount at all (where
+/// `/dev/fuse` is `0600`, as on some containers and hardened systems). The error says so,
+/// and what root can do, instead of a bare "Permission denied" about the mountpoint.
+fn user_can_mount() -> io::Result<()> {
+    const DEVICE: &str = "/dev/fuse";
+    let path = CString::new(DEVICE)?;
+    // SAFETY: `path` is a NUL-terminated string that lives for the call.
+    if unsafe { libc::access(path.as_ptr(), libc::R_OK | libc::W_OK) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    let mode = std::fs::metadata(DEVICE)
+        .map(|m| format!("mode {:04o}, owner uid {}", m.mode() & 0o7777, m.uid()))
+        .unwrap_or_else(|e| e.to_string());
+    Err(io::Error::new(
+        err.kind(),
+        format!(
+            "this system does not let uid {uid} mount FUSE filesystems: {DEVICE} ({mode}) is \
+             not readable and writable by uid {uid} ({err}), and fusermount3 opens it as the \
+             user. Root can allow user mounts (chmod 0666 {DEVICE}, as most distributions \
+             do, with fusermount3 installed setuid root), or mount the filesystem itself \
+             (with -o allow_other to let other users in)",
+            // SAFETY: getuid has no preconditions and cannot fail.
+            uid = unsafe { libc::getuid() },
+        ),
+    ))
 }
 
 /// `umount2(path, flags)`.

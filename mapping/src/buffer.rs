@@ -70,13 +70,21 @@ impl Buffer {
         ))
     }
 
-    fn from_memory(memory: Memory, options: BufferOptions) -> Self {
+    /// A buffer over memory mapped already (for example memory received from another
+    /// process and shared by several buffers: see [`Memory::from_memfd`], which can map a
+    /// memfd only once).
+    pub fn from_shared_memory(memory: Arc<Memory>) -> Self {
+        Self::from_memory(memory, BufferOptions::default())
+    }
+
+    fn from_memory(memory: impl Into<Arc<Memory>>, options: BufferOptions) -> Self {
+        let memory = memory.into();
         Buffer {
             shared: Arc::new(BufferShared {
                 id: crate::next_id(),
                 len: memory.len(),
                 options,
-                memory: RwLock::new(Arc::new(memory)),
+                memory: RwLock::new(memory),
                 mappings: Mutex::new(Vec::new()),
                 migrations: AtomicU64::new(0),
             }),
@@ -141,7 +149,11 @@ impl Buffer {
     /// the contents are copied and the buffer switches to `memory`; the next I/O on each
     /// mapping attaches the new pages. `memory` must be at least as long as the buffer (its
     /// extra bytes are never addressed).
-    pub fn migrate_to(&self, memory: Memory) -> Result<MigrationReport, MappingError> {
+    pub fn migrate_to(
+        &self,
+        memory: impl Into<Arc<Memory>>,
+    ) -> Result<MigrationReport, MappingError> {
+        let memory = memory.into();
         let start = Instant::now();
         if memory.len() < self.len() {
             return Err(MappingError::OutOfBuffer {
@@ -160,7 +172,7 @@ impl Buffer {
         let copy_start = Instant::now();
         memory.copy_from(&current);
         let copy = copy_start.elapsed();
-        *current = Arc::new(memory);
+        *current = memory;
         self.shared.migrations.fetch_add(1, Ordering::Relaxed);
         Ok(MigrationReport {
             mappings: mappings.len(),

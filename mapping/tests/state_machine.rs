@@ -206,6 +206,11 @@ fn unsealed_memfd_is_refused_and_sealed_one_is_shared() {
         )
     };
     assert_eq!(rc, 0);
+    // Back every page (the importer refuses holes).
+    let zeros = [0u8; 8192];
+    // SAFETY: pwrite from a valid local buffer into our own memfd.
+    let n = unsafe { libc::pwrite(fd.as_raw_fd(), zeros.as_ptr().cast(), zeros.len(), 0) };
+    assert_eq!(n, 8192);
     let buffer = Buffer::from_memfd(fd.try_clone().unwrap()).unwrap();
     buffer.write_at(100, b"shared").unwrap();
     // The bytes are visible through the original fd: same pages.

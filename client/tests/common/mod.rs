@@ -9,13 +9,14 @@
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stripefs_engine::{DeviceSpec, pattern};
-use stripefs_fs::control::{Server, ServerHandle};
+use stripefs_fs::control::{Server, ServerHandle, ServerOptions};
 use stripefs_fs::filesystem::{self, Filesystem, MkfsOptions};
 use stripefs_fs::mount::{Mount, MountOptions};
 
@@ -57,6 +58,25 @@ pub struct Mounted {
 impl Mounted {
     /// `devices` scratch devices of `size` bytes, files striped by `unit`.
     pub fn new(devices: usize, size: u64, unit: u64) -> Mounted {
+        Self::with_options(
+            devices,
+            size,
+            unit,
+            &MountOptions::default(),
+            ServerOptions::default(),
+        )
+    }
+
+    /// [`Mounted::new`] with explicit mount and control-server options. With `allow_other`
+    /// the scratch directory is opened to every user (mode 0755), so that other users can
+    /// reach the mount.
+    pub fn with_options(
+        devices: usize,
+        size: u64,
+        unit: u64,
+        mount_options: &MountOptions,
+        server_options: ServerOptions,
+    ) -> Mounted {
         let dir = tempfile::Builder::new()
             .prefix("stripefs-control-")
             .tempdir_in("/var/tmp")
@@ -81,10 +101,15 @@ impl Mounted {
         let fs = Filesystem::open(&specs).expect("open");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mountpoint");
-        let mount = Mount::start(fs.clone(), &mnt, &MountOptions::default(), || {}).expect("mount");
+        if mount_options.allow_other {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("open the scratch directory");
+        }
+        let mount = Mount::start(fs.clone(), &mnt, mount_options, || {}).expect("mount");
         mount.check().expect("mount answers");
         let mnt = mount.mountpoint().to_path_buf();
-        let server = Server::start(fs.clone(), &mnt).expect("control server");
+        let server = Server::start_with(fs.clone(), &mnt, server_options).expect("control server");
         Mounted {
             dir,
             mnt,
@@ -215,6 +240,69 @@ pub fn child(entry: &str, task: &str) -> Command {
         .env(CHILD_ENV, task)
         .stdin(Stdio::null());
     cmd
+}
+
+/// Printed by a child once it holds what it should.
+pub const READY: &str = "STRIPEFS-CHILD-READY";
+
+/// This test binary as user `uid` (and group, through `setpriv`), running child task `task`
+/// of the file's `child_process_entry`; stdin and stdout piped.
+pub fn as_user(uid: u32, task: &str) -> Command {
+    let inner = child("child_process_entry", task);
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+/// Starts `cmd` and waits for its READY line; panics with what it printed otherwise. The
+/// caller waits for the child it gets.
+#[allow(clippy::zombie_processes)]
+pub fn start_until_ready(mut cmd: Command) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut process = cmd.spawn().expect("spawn setpriv");
+    let mut out = BufReader::new(process.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).expect("child stdout") == 0 {
+            let status = process.wait().expect("wait");
+            panic!("child ended ({status}) before it was ready:\n{seen}");
+        }
+        if line.trim() == READY {
+            return (process, out);
+        }
+        seen.push_str(&line);
+    }
+}
+
+/// Runs `cmd` to its end; panics with its output unless it succeeds.
+pub fn run_to_end(mut cmd: Command) {
+    let out = cmd.stdin(Stdio::null()).output().expect("run setpriv");
+    assert!(
+        out.status.success(),
+        "child failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+pub fn ready() {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\n{READY}").expect("stdout");
+    out.flush().expect("flush");
+}
+
+/// Waits until the parent closes our stdin.
+pub fn hold() {
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
 }
 
 /// The task of this process if it is a child, `None` in the parent.

@@ -48,6 +48,10 @@ pub use wcache::{PowerCut, PowerCutReport};
 
 /// Fixed-buffer slots registered (sparse) on every ring: each holds up to 1 GiB.
 const FIXED_SLOTS: u16 = 1024;
+/// Of those, slots that only memory of this process may take: the filesystem's bounce
+/// buffers (one per concurrent FUSE or unaligned request) and commits. Memory received from
+/// clients ([`Memory::is_foreign`]) gets at most `FIXED_SLOTS - OWN_SLOTS`.
+const OWN_SLOTS: u16 = 128;
 /// Largest single command on a real device (the ring's length field is 32 bits).
 const REAL_MAX_TRANSFER: u64 = 1 << 30;
 
@@ -624,10 +628,18 @@ impl Importer for DeviceShared {
         }
         let chunks: Vec<_> = memory.chunks().collect();
         let mut free = self.slots.lock();
-        if free.len() < chunks.len() {
+        // Memory from other processes (registered through the control endpoint) may not
+        // take the slots kept for the filesystem's own I/O (bounce buffers, commits).
+        let kept = if memory.is_foreign() {
+            usize::from(OWN_SLOTS)
+        } else {
+            0
+        };
+        let usable = free.len().saturating_sub(kept);
+        if usable < chunks.len() {
             return Err(ImportError::NoSlots {
                 needed: chunks.len(),
-                free: free.len(),
+                free: usable,
             });
         }
         let mut taken = Vec::with_capacity(chunks.len());

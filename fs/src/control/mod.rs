@@ -26,12 +26,17 @@
 //! reads, which may bounce and block, go to the workers.
 
 mod connection;
+mod imports;
+mod limits;
 pub mod proto;
+mod refuse;
 pub mod ring;
 mod server;
+pub mod socket_dir;
 #[doc(hidden)]
 pub mod sys;
 
+pub use limits::{Limits, Resource};
 pub use server::{HostFiles, Server, ServerHandle, ServerOptions};
 
 use std::path::PathBuf;

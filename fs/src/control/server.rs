@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,8 +12,11 @@ use std::thread::JoinHandle;
 use parking_lot::{Mutex, RwLock};
 
 use super::connection::{self, Connection};
+use super::imports::Imports;
+use super::limits::{Charge, Limits, Resource, UserUsage, Users};
 use super::proto::{self, DeviceStat, RegistrationStat, StatReply};
-use super::{ControlError, sys};
+use super::refuse::Refuser;
+use super::{ControlError, socket_dir, sys};
 use crate::filesystem::Filesystem;
 
 /// `FUSE_SUPER_MAGIC`: the `f_type` of a FUSE mount.
@@ -22,9 +25,11 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// Limits and defaults of the control server.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// Where the socket is created (`/run/stripefs`).
+    /// Where the socket is created (`/run/stripefs`; for a user who cannot write there, a
+    /// directory of the user's: see [`super::socket_dir::choose`]).
     pub socket_dir: PathBuf,
-    /// Connections served at once; more are closed right after accept.
+    /// Connections served at once; more are refused (their first message is answered with
+    /// `EAGAIN`, then they are closed).
     pub max_connections: usize,
     /// Live registrations per connection.
     pub max_registrations: usize,
@@ -34,6 +39,8 @@ pub struct ServerOptions {
     pub default_workers: u32,
     /// Most worker threads per connection.
     pub max_workers: u32,
+    /// What each user (other than root) may hold at once.
+    pub limits: Limits,
 }
 
 impl Default for ServerOptions {
@@ -45,6 +52,7 @@ impl Default for ServerOptions {
             max_buffer_len: 64 << 30,
             default_workers: 4,
             max_workers: 32,
+            limits: Limits::default(),
         }
     }
 }
@@ -103,6 +111,12 @@ pub(crate) struct ServerShared {
     pub(crate) fs: Arc<Filesystem>,
     pub(crate) files: Files,
     pub(crate) options: ServerOptions,
+    /// Every user's usage against its limits.
+    pub(crate) users: Users,
+    /// Client memory mapped, shared by every buffer over the same memfd.
+    pub(crate) imports: Imports,
+    /// Answers connections refused for a limit.
+    refuser: Refuser,
     socket_path: PathBuf,
     listener: OwnedFd,
     stop: OwnedFd,
@@ -161,8 +175,7 @@ impl Server {
             });
         }
         let dev = sys::stat(&canonical).map_err(mountpoint_error)?.st_dev;
-        let socket = socket_path_in(&options.socket_dir, &canonical);
-        let handle = start(fs.clone(), Files::Mount { dev }, socket, options)?;
+        let handle = start(fs.clone(), Files::Mount { dev }, &canonical, options)?;
         fs.set_control_socket(Some(handle.socket_path().to_path_buf()));
         Ok(handle)
     }
@@ -182,8 +195,7 @@ impl Server {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        let socket = socket_path_in(&options.socket_dir, &canonical);
-        start(fs, Files::Host(files), socket, options)
+        start(fs, Files::Host(files), &canonical, options)
     }
 }
 
@@ -194,21 +206,15 @@ fn socket_path_in(dir: &Path, mountpoint: &Path) -> PathBuf {
     dir.join(proto::socket_name(&canonical))
 }
 
+/// Starts serving on the socket of `mountpoint` (canonical) in the socket directory chosen
+/// by [`socket_dir::choose`].
 fn start(
     fs: Arc<Filesystem>,
     files: Files,
-    socket_path: PathBuf,
+    mountpoint: &Path,
     options: ServerOptions,
 ) -> Result<ServerHandle, ControlError> {
-    let dir_error = |source| ControlError::SocketDir {
-        path: options.socket_dir.clone(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&options.socket_dir)
-        .map_err(dir_error)?;
+    let socket_path = socket_dir::choose(&options.socket_dir)?.join(proto::socket_name(mountpoint));
     remove_stale_socket(&socket_path)?;
     let socket_error = |source| ControlError::Socket {
         path: socket_path.clone(),
@@ -221,9 +227,13 @@ fn start(
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o666))
         .map_err(socket_error)?;
     let stop = sys::eventfd().map_err(socket_error)?;
+    let refuser = Refuser::start().map_err(|source| ControlError::Thread { source })?;
     let shared = Arc::new(ServerShared {
         fs,
         files,
+        users: Users::new(options.limits),
+        imports: Imports::default(),
+        refuser,
         options,
         socket_path,
         listener,
@@ -302,12 +312,20 @@ fn accept_loop(shared: &Arc<ServerShared>) {
         let Ok(socket) = sys::accept(shared.listener.as_fd()) else {
             continue;
         };
-        if shared.connections.lock().len() >= shared.options.max_connections {
-            shared.refused.fetch_add(1, Ordering::Relaxed);
+        let Some(cred) = sys::peer_cred(socket.as_fd()).ok() else {
             continue; // dropping the socket closes it
-        }
+        };
+        let user = shared.users.user(cred.uid);
+        let charge = match admit(shared, &user) {
+            Ok(charge) => charge,
+            Err(errno) => {
+                shared.refused.fetch_add(1, Ordering::Relaxed);
+                shared.refuser.refuse(socket, errno);
+                continue;
+            }
+        };
         let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Connection::new(id, socket));
+        let conn = Arc::new(Connection::new(id, socket, cred, user, charge));
         shared.connections.lock().insert(id, conn.clone());
         let conn_shared = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -327,8 +345,23 @@ fn accept_loop(shared: &Arc<ServerShared>) {
     }
 }
 
+/// Counts a new connection against its user's limit and the server's; the errno to refuse
+/// it with otherwise (`EAGAIN`).
+fn admit(shared: &ServerShared, user: &Arc<UserUsage>) -> Result<Charge, i32> {
+    let charge = user.charge(Resource::Connections, 1)?;
+    if shared.connections.lock().len() >= shared.options.max_connections {
+        return Err(libc::EAGAIN);
+    }
+    Ok(charge)
+}
+
 impl ServerShared {
-    pub(crate) fn stat(&self) -> StatReply {
+    /// What a Stat request answers. `viewer` is the uid asking: a user other than root sees
+    /// only the connections and registrations of its own uid (device counters and server
+    /// totals are for everyone); `None` (the daemon itself) and root see all.
+    pub(crate) fn stat(&self, viewer: Option<u32>) -> StatReply {
+        let sees_all = matches!(viewer, None | Some(0));
+        let visible = |c: &Connection| sees_all || Some(c.uid()) == viewer;
         let devices = self
             .fs
             .devices()
@@ -345,7 +378,13 @@ impl ServerShared {
                 }
             })
             .collect();
-        let connections: Vec<Arc<Connection>> = self.connections.lock().values().cloned().collect();
+        let connections: Vec<Arc<Connection>> = self
+            .connections
+            .lock()
+            .values()
+            .filter(|c| visible(c))
+            .cloned()
+            .collect();
         let mut known: HashMap<u64, RegistrationStat> = HashMap::new();
         for c in &connections {
             for r in c.registration_stats() {
@@ -356,8 +395,11 @@ impl ServerShared {
             .fs
             .registrations()
             .into_iter()
-            .map(|(mapping, ino)| {
-                known.remove(&mapping).unwrap_or(RegistrationStat {
+            .filter_map(|(mapping, ino)| match known.remove(&mapping) {
+                Some(r) => Some(r),
+                // Not made through a connection this viewer may see.
+                None if !sees_all => None,
+                None => Some(RegistrationStat {
                     mapping,
                     ino,
                     connection: 0,
@@ -366,7 +408,7 @@ impl ServerShared {
                     buffer_len: 0,
                     requests: 0,
                     migrations: 0,
-                })
+                }),
             })
             .collect();
         registrations.sort_by_key(|r| r.mapping);
@@ -389,7 +431,7 @@ impl ServerHandle {
 
     /// What a Stat request answers: device counters, live registrations, and counts.
     pub fn stat(&self) -> StatReply {
-        self.shared.stat()
+        self.shared.stat(None)
     }
 
     /// Connections being served.

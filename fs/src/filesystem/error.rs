@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use stripefs_engine::Error;
 use stripefs_layout::ondisk::OnDiskError;
+use stripefs_mapping::{ImportError, MappingError};
 
 use crate::meta::MetaError;
 use crate::meta::alloc::AllocError;
@@ -106,6 +107,11 @@ fn device_errno(e: &Error) -> i32 {
         | Error::ZeroLength
         | Error::OutOfBuffer { .. }
         | Error::OutOfRange { .. } => libc::EINVAL,
+        // No device buffer slot left for client memory.
+        Error::Mapping(MappingError::Attach {
+            source: ImportError::NoSlots { .. },
+            ..
+        }) => libc::ENOSPC,
         Error::ForeignMapping { .. } | Error::Mapping(_) => libc::EBADF,
         Error::ContextFull { .. } => libc::EAGAIN,
         Error::DeviceOffline { .. } | Error::DeviceClosed { .. } | Error::NotAttached { .. } => {

@@ -22,6 +22,7 @@ mod rewrite;
 mod space;
 mod xattr;
 
+pub(crate) use bounce::BOUNCE_SIZE;
 pub use copy::CopyRange;
 pub use data::FileRead;
 pub use space::{Fallocate, Seek};

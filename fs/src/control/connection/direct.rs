@@ -11,6 +11,15 @@ use super::handles::Registration;
 use super::rings::{RingState, count, finish};
 use crate::filesystem::{BLOCK_SIZE, FileRead, FsError};
 
+/// Whether a request's file offset, buffer offset and length are whole blocks: the devices
+/// then move its data straight to or from the client's buffer, with no bounce.
+pub(super) fn block_aligned(sqe: &Sqe) -> bool {
+    let block = BLOCK_SIZE;
+    sqe.file_offset.is_multiple_of(block)
+        && sqe.buffer_offset.is_multiple_of(block)
+        && sqe.len.is_multiple_of(block)
+}
+
 /// Reads the ring thread runs itself, on its own I/O context: aligned reads go from the
 /// devices into the client's buffer with no other thread involved. Everything else (writes,
 /// unaligned reads, which bounce and may block) goes to the workers.
@@ -35,11 +44,7 @@ impl DirectReads {
 
     /// Whether the ring thread runs this (checked) request itself.
     pub(super) fn takes(sqe: &Sqe) -> bool {
-        let block = BLOCK_SIZE;
-        sqe.op == OP_READ
-            && sqe.file_offset.is_multiple_of(block)
-            && sqe.buffer_offset.is_multiple_of(block)
-            && sqe.len.is_multiple_of(block)
+        sqe.op == OP_READ && block_aligned(sqe)
     }
 
     /// Starts the read; a read refused at once completes at once with its errno.

@@ -6,6 +6,8 @@ use std::sync::atomic::AtomicU64;
 
 use stripefs_mapping::{Buffer, Mapping};
 
+use super::super::limits::Charge;
+
 /// A live registration made through this connection.
 pub(super) struct Registration {
     pub(super) ino: u64,
@@ -13,6 +15,9 @@ pub(super) struct Registration {
     pub(super) buffer: Buffer,
     pub(super) access: u32,
     pub(super) requests: AtomicU64,
+    /// This registration, counted against its user's registrations until the last request
+    /// using it is done.
+    pub(super) _charge: Charge,
 }
 
 /// Handles: slot index and generation, scrambled with a per-connection salt so that a handle

@@ -3,11 +3,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use parking_lot::{Condvar, Mutex};
 use stripefs_mapping::Memory;
 
+use super::super::limits::Resource;
 use super::super::proto::{HelloReply, Reply};
 use super::super::ring::{Layout, RingView};
 use super::super::server::ServerShared;
@@ -40,6 +41,11 @@ pub(super) fn hello(
         n => n,
     }
     .clamp(1, server.options.max_workers.max(1));
+    // The user's worker threads, all rings together: this ring gets what is left.
+    let workers_charge = conn
+        .user
+        .charge_up_to(Resource::Workers, u64::from(workers))?;
+    let workers = workers_charge.amount() as u32;
     let memory =
         Memory::create("stripefs-ring", layout.len as u64, false).map_err(|_| libc::ENOMEM)?;
     let memory = Arc::new(memory);
@@ -61,6 +67,8 @@ pub(super) fn hello(
             closed: false,
         }),
         jobs_ready: Condvar::new(),
+        user: conn.user.clone(),
+        counted: AtomicU64::new(0),
     });
     let reply_fds = vec![
         memory.fd().try_clone_to_owned().map_err(errno)?,
@@ -70,6 +78,7 @@ pub(super) fn hello(
     let mut threads = RingThreads {
         ring: ring.clone(),
         threads: Vec::new(),
+        _workers: workers_charge,
     };
     let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()

@@ -72,6 +72,7 @@ fn close(server: &ServerShared, conn: &Connection) {
         let _ = server.fs.unregister(&reg.mapping);
     }
     conn.buffers.lock().clear();
+    conn.buffer_charges.lock().clear();
 }
 
 fn handle(
@@ -93,6 +94,6 @@ fn handle(
             result.map(|()| (Reply::Unregister, Vec::new()))
         }
         Request::Migrate { handle } => register::migrate(server, conn, handle, fds),
-        Request::Stat => Ok((Reply::Stat(server.stat()), Vec::new())),
+        Request::Stat => Ok((Reply::Stat(server.stat(Some(conn.uid()))), Vec::new())),
     }
 }

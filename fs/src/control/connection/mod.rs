@@ -19,11 +19,13 @@ mod rings;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use parking_lot::{Mutex, RwLock};
 use stripefs_mapping::Buffer;
 
+use super::limits::{Charge, UserUsage};
 use super::proto::{RegistrationStat, Reply};
 use super::sys::{self, PeerCred};
 use handles::HandleTable;
@@ -38,20 +40,39 @@ pub(crate) struct Connection {
     /// The daemon's view of each of the client's memfds, by (st_dev, st_ino), so that one
     /// memfd registered against several files is one buffer (and migrates as one).
     buffers: Mutex<HashMap<(u64, u64), Buffer>>,
+    /// The registered bytes charged to the user for each of those buffers, by buffer id.
+    buffer_charges: Mutex<HashMap<u64, Charge>>,
     ring: Mutex<Option<RingThreads>>,
+    /// The usage of the connection's user (its peer uid), against the per-user limits.
+    user: Arc<UserUsage>,
+    /// This connection, counted against the user's connections.
+    _charge: Charge,
 }
 
 impl Connection {
-    pub(crate) fn new(id: u64, socket: OwnedFd) -> Self {
-        let cred = sys::peer_cred(socket.as_fd()).unwrap_or_default();
+    pub(crate) fn new(
+        id: u64,
+        socket: OwnedFd,
+        cred: PeerCred,
+        user: Arc<UserUsage>,
+        charge: Charge,
+    ) -> Self {
         Connection {
             id,
             cred,
             socket,
             handles: RwLock::new(HandleTable::new()),
             buffers: Mutex::new(HashMap::new()),
+            buffer_charges: Mutex::new(HashMap::new()),
             ring: Mutex::new(None),
+            user,
+            _charge: charge,
         }
+    }
+
+    /// The peer uid of the connection.
+    pub(crate) fn uid(&self) -> u32 {
+        self.cred.uid
     }
 
     pub(crate) fn id(&self) -> u64 {

@@ -4,8 +4,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use stripefs_mapping::{Buffer, MappingError, Memory};
+use stripefs_mapping::{Buffer, MappingError};
 
+use super::super::limits::Resource;
 use super::super::proto::{
     ACCESS_READ, ACCESS_WRITE, MigrateReply, REGISTER_DMABUF, RegisterReply, Reply,
 };
@@ -16,7 +17,10 @@ use super::{Connection, Handled};
 
 fn mapping_errno(e: &MappingError) -> i32 {
     match e {
-        MappingError::NotSealed { .. } => libc::EPERM,
+        MappingError::NotSealed { .. }
+        | MappingError::CannotSeal { .. }
+        | MappingError::WriteSealed { .. } => libc::EPERM,
+        MappingError::NotBacked { .. } => libc::EFAULT,
         MappingError::Os { source, .. } => source.raw_os_error().unwrap_or(libc::EINVAL),
         MappingError::EmptyBuffer
         | MappingError::BufferTooLarge { .. }
@@ -82,14 +86,21 @@ pub(super) fn register(
     if conn.handles.read().live >= server.options.max_registrations {
         return Err(libc::EMFILE);
     }
-    let (key, _) = buffer_identity(server, &buffer_fd)?;
+    let charge = conn.user.charge(Resource::Registrations, 1)?;
+    let (key, len) = buffer_identity(server, &buffer_fd)?;
     let buffer = {
         let mut buffers = conn.buffers.lock();
         match buffers.get(&key) {
             Some(b) => b.clone(),
             None => {
-                let b = Buffer::from_memfd(buffer_fd).map_err(|e| mapping_errno(&e))?;
+                let bytes = conn.user.charge(Resource::RegisteredBytes, len)?;
+                let memory = server
+                    .imports
+                    .import(key, buffer_fd)
+                    .map_err(|e| mapping_errno(&e))?;
+                let b = Buffer::from_shared_memory(memory);
                 buffers.insert(key, b.clone());
+                conn.buffer_charges.lock().insert(b.id(), bytes);
                 b
             }
         }
@@ -114,6 +125,7 @@ pub(super) fn register(
         buffer,
         access,
         requests: AtomicU64::new(0),
+        _charge: charge,
     });
     let handle = conn.handles.write().insert(reg);
     Ok((
@@ -129,6 +141,7 @@ pub(super) fn forget_buffer_if_unused(conn: &Connection, buffer: &Buffer) {
         return;
     }
     conn.buffers.lock().retain(|_, b| b.id() != buffer.id());
+    conn.buffer_charges.lock().remove(&buffer.id());
 }
 
 pub(super) fn migrate(
@@ -148,11 +161,23 @@ pub(super) fn migrate(
         // Already one of this connection's buffers: two buffers would share pages.
         return Err(libc::EBUSY);
     }
-    let memory = Memory::from_memfd(fd).map_err(|e| mapping_errno(&e))?;
-    let report = reg
-        .buffer
-        .migrate_to(memory)
-        .map_err(|e| mapping_errno(&e))?;
+    // The new pages are pinned in place of the old ones: the user is charged their length.
+    let mut charges = conn.buffer_charges.lock();
+    let charge = charges.get_mut(&reg.buffer.id()).ok_or(libc::EBADF)?;
+    let charged = charge.amount();
+    charge.resize(len)?;
+    let moved = server
+        .imports
+        .import(key, fd)
+        .and_then(|memory| reg.buffer.migrate_to(memory));
+    let report = match moved {
+        Ok(report) => report,
+        Err(e) => {
+            let _ = charge.resize(charged);
+            return Err(mapping_errno(&e));
+        }
+    };
+    drop(charges);
     buffers.retain(|_, b| b.id() != reg.buffer.id());
     buffers.insert(key, reg.buffer.clone());
     Ok((

@@ -4,14 +4,16 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
+use super::super::limits::Resource;
 use super::super::proto::{ACCESS_READ, ACCESS_WRITE};
 use super::super::ring::{NEED_WAKEUP, OP_READ, OP_WRITE, Sqe};
 use super::super::server::ServerShared;
 use super::super::sys;
 use super::Connection;
-use super::direct::DirectReads;
+use super::direct::{DirectReads, block_aligned};
 use super::handles::Registration;
 use super::rings::{Job, RingState, finish};
+use crate::filesystem::BOUNCE_SIZE;
 
 /// Largest piece one worker call moves; longer requests are done in pieces (bounds the
 /// bounce allocation of a misaligned request).
@@ -58,10 +60,17 @@ fn serve_ring(
             n
         };
         if room > 0 {
-            for _ in 0..room {
+            let admitted = ring.admit(room);
+            for i in 0..room {
                 let sqe = ring.view.read_sqe(head);
                 head = head.wrapping_add(1);
-                dispatch(server, conn, ring, direct, sqe);
+                if i < admitted {
+                    dispatch(server, conn, ring, direct, sqe);
+                } else {
+                    // Over the user's requests in flight: this one fails alone.
+                    server.refused.fetch_add(1, Ordering::Relaxed);
+                    ring.complete(sqe.tag, -i64::from(Resource::Requests.errno()));
+                }
             }
             ring.view.sq_head().store(head, Ordering::Release);
             continue;
@@ -164,9 +173,27 @@ pub(super) fn worker(server: &ServerShared, ring: &RingState) {
         let result = if ring.stopping.load(Ordering::Acquire) {
             -i64::from(libc::ECANCELED)
         } else {
-            run(server, &job)
+            match ring
+                .user
+                .charge(Resource::BounceBytes, bounce_need(&job.sqe))
+            {
+                Ok(_bounce) => run(server, &job),
+                Err(errno) => -i64::from(errno),
+            }
         };
         finish(server, ring, &job.reg, job.sqe.tag, result);
+    }
+}
+
+/// Bounce memory a request may use in the daemon while it runs, charged to its user: none
+/// when it is block-aligned (the devices move the data straight to or from the client's
+/// buffer); otherwise a heap copy of up to [`MAX_PIECE`] bytes and a bounce buffer of the
+/// pool.
+pub(super) fn bounce_need(sqe: &Sqe) -> u64 {
+    if block_aligned(sqe) {
+        0
+    } else {
+        sqe.len.min(MAX_PIECE) + BOUNCE_SIZE
     }
 }
 

@@ -4,11 +4,12 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::super::limits::{Charge, Resource, UserUsage};
 use super::super::ring::{Cqe, RingView, Sqe, WAITING};
 use super::super::server::ServerShared;
 use super::super::sys;
@@ -40,11 +41,19 @@ pub(super) struct RingState {
     pub(super) cq: Mutex<CqState>,
     pub(super) jobs: Mutex<JobQueue>,
     pub(super) jobs_ready: Condvar,
+    /// The connection's user: requests taken off this ring count against its requests in
+    /// flight until their completions are posted.
+    pub(super) user: Arc<UserUsage>,
+    /// Requests counted against the user and not completed yet (given back on drop, should
+    /// a completion never be posted).
+    pub(super) counted: AtomicU64,
 }
 
 pub(super) struct RingThreads {
     pub(super) ring: Arc<RingState>,
     pub(super) threads: Vec<JoinHandle<()>>,
+    /// The worker threads, counted against the user's.
+    pub(super) _workers: Charge,
 }
 
 impl RingThreads {
@@ -82,6 +91,14 @@ impl RingState {
         )
     }
 
+    /// Counts `n` requests taken off the ring against the user's requests in flight;
+    /// returns how many of them are within the limit (the others must be completed at once
+    /// with `EAGAIN`). All `n` are given back as their completions are posted.
+    pub(super) fn admit(&self, n: u32) -> u32 {
+        self.counted.fetch_add(u64::from(n), Ordering::AcqRel);
+        self.user.take_up_to(Resource::Requests, u64::from(n)) as u32
+    }
+
     /// Posts the completion of a request taken off the ring, and rings the client's doorbell
     /// if a thread of it sleeps.
     pub(super) fn complete(&self, tag: u64, result: i64) {
@@ -90,20 +107,42 @@ impl RingState {
 
     /// Posts completions together: one tail update and at most one doorbell for all.
     pub(super) fn complete_all(&self, cqes: impl Iterator<Item = Cqe>) {
+        let mut posted = 0u64;
         {
             let mut cq = self.cq.lock();
             for cqe in cqes {
                 self.view.write_cqe(cq.tail, &cqe);
                 cq.tail = cq.tail.wrapping_add(1);
                 cq.reserved = cq.reserved.saturating_sub(1);
+                posted += 1;
             }
             self.view.cq_tail().store(cq.tail, Ordering::Release);
         }
+        self.uncount(posted);
         // Pairs with the client's store of WAITING and its re-check of cq_tail.
         fence(Ordering::SeqCst);
         if self.view.cq_flags().load(Ordering::Relaxed) & WAITING != 0 {
             sys::ring_doorbell(self.cq_doorbell.as_fd());
         }
+    }
+}
+
+impl RingState {
+    /// Gives back up to `n` requests counted against the user.
+    fn uncount(&self, n: u64) {
+        let given = self
+            .counted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                Some(c.saturating_sub(n))
+            })
+            .map_or(0, |before| before.min(n));
+        self.user.give_back(Resource::Requests, given);
+    }
+}
+
+impl Drop for RingState {
+    fn drop(&mut self) {
+        self.uncount(u64::MAX);
     }
 }
 
