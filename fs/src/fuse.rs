@@ -8,10 +8,18 @@
 //!   request to this process. Registered writes by other processes change files behind the
 //!   kernel's back; with the page cache off, a read through the mount always returns what is
 //!   on the devices, and the measured FUSE direct-I/O path is faster here than the cached
-//!   one. Attributes and entries are cached for [`TTL`] (1 s); when a registered write
-//!   changes a file, the filesystem's invalidator hook has a dedicated thread send
+//!   one.
+//! - **The kernel caches entries, attributes and directory listings for long** ([`TTL`],
+//!   and `FOPEN_CACHE_DIR` on directories; names that do not exist too): this process is
+//!   the only writer of its namespace. Every change made through the mount is one the
+//!   kernel makes itself and so knows of (it drops the attributes a write, link, unlink or
+//!   rename touches, and a directory's cached listing when the directory changes). The one
+//!   change made outside FUSE requests is a registered write through the control endpoint
+//!   (size, blocks, times): the filesystem's invalidator hook has a dedicated thread send
 //!   [`Notifier::inval_inode`] and waits for it (see [`Invalidations`]), so that `stat` sees
-//!   the new size and `mmap`ed pages are dropped by the time the write returns.
+//!   the new size and `mmap`ed pages are dropped by the time the write returns. Without
+//!   this, every `stat`, `find` and `rm -rf` pays a round trip to this process per entry
+//!   once a short TTL has passed.
 //! - **Permissions are checked by the kernel** (`default_permissions`): `access` and the
 //!   mode checks of every operation never reach this adapter.
 //! - **Directory streams are snapshots**: `opendir` hands out a handle, the first `readdir`
@@ -41,8 +49,10 @@ use crate::filesystem::{
     Attr, Caller, DirEntry, FileType, Filesystem, FsError, RenameFlags, SetAttr, XattrFlags,
 };
 
-/// How long the kernel may cache attributes and directory entries.
-pub const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes and directory entries (and that a name does not
+/// exist): a day, as libfuse's `cache=always`. Safe because the kernel learns of every change
+/// (see the module docs).
+pub const TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// `st_blksize` shown to programs, which size their buffers by it (`cmp`, stdio, `cp`).
 /// Without a page cache every `read` is a round trip to this process: 4 KiB reads run at a
@@ -140,6 +150,27 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The entry of a name that does not exist: inode 0 (FUSE's negative entry).
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn kind(k: FileType) -> fuser::FileType {
     match k {
         FileType::File => fuser::FileType::RegularFile,
@@ -161,6 +192,11 @@ fn time(t: TimeOrNow) -> SystemTime {
 
 /// Files bypass the page cache (see the module docs).
 const FILE_FLAGS: FopenFlags = FopenFlags::FOPEN_DIRECT_IO;
+
+/// Directory listings are cached by the kernel and kept from one `opendir` to the next: it
+/// drops them itself when it changes the directory (see the module docs), so `du` after
+/// `find`, or `rm -rf` after either, lists each directory from memory.
+const DIR_FLAGS: FopenFlags = FopenFlags::FOPEN_CACHE_DIR.union(FopenFlags::FOPEN_KEEP_CACHE);
 
 /// Capabilities asked of the kernel when it offers them: READDIRPLUS (one round trip for
 /// `ls -l`), parallel lookups in one directory, asynchronous direct I/O (a large read or
@@ -189,9 +225,13 @@ impl fuser::Filesystem for Fuse {
         Ok(())
     }
 
+    /// A name that does not exist is answered as a negative entry (inode 0) valid for
+    /// [`TTL`]: the kernel then answers the next lookup of it (a search along `PATH`, a
+    /// build probing for headers) by itself, until it creates the name.
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(FsError::NotFound) => reply.entry(&TTL, &negative_entry(), Generation(0)),
             Err(e) => reply.error(errno("lookup", parent.0, &e)),
         }
     }
@@ -405,7 +445,8 @@ impl fuser::Filesystem for Fuse {
 
     /// Nothing to do on `close`: writes reach the devices before they are answered (no page
     /// cache), and metadata is committed by `fsync`, the periodic committer and unmount,
-    /// as on ext4.
+    /// as on ext4. Answered `ENOSYS`, which tells the kernel never to send `FLUSH` again:
+    /// a `close` then costs no round trip to this process.
     fn flush(
         &self,
         _req: &Request,
@@ -414,7 +455,7 @@ impl fuser::Filesystem for Fuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -457,7 +498,7 @@ impl fuser::Filesystem for Fuse {
             Ok(a) if a.kind == FileType::Dir => {
                 let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
                 self.dirs.insert(fh, None);
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                reply.opened(FileHandle(fh), DIR_FLAGS);
             }
             Ok(_) => reply.error(errno("opendir", ino.0, &FsError::NotDir)),
             Err(e) => reply.error(errno("opendir", ino.0, &e)),
