@@ -82,6 +82,10 @@ pub struct MetadataResult {
     /// What the tree holds.
     pub tree: TreeStats,
     pub runs: Vec<FsRun>,
+    /// The 1-minute load average of the machine when the sweep started and when it ended
+    /// (other programs running show here: the figures are then noisy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<(f64, f64)>,
 }
 
 impl MetadataResult {
@@ -170,6 +174,7 @@ fn measure(scale: Scale, require_btrfs: bool) -> Result<MetadataResult> {
         big_file,
         big_bytes: scale.big_file,
     };
+    let load_before = load_average();
     let mut runs = Vec::new();
     for fs in [FsKind::Stripefs, FsKind::Btrfs] {
         if crate::signal::interrupted() {
@@ -192,5 +197,17 @@ fn measure(scale: Scale, require_btrfs: bool) -> Result<MetadataResult> {
         };
         runs.push(FsRun { fs, outcome });
     }
-    Ok(MetadataResult { scale, tree, runs })
+    let load = load_before.zip(load_average());
+    Ok(MetadataResult {
+        scale,
+        tree,
+        runs,
+        load,
+    })
+}
+
+/// The 1-minute load average (/proc/loadavg).
+fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }

@@ -113,9 +113,16 @@ fn heading(r: &MetadataResult) -> String {
     )
 }
 
-/// Notes under the table: baselines that did not run, failures.
+/// Notes under the table: the machine's load, baselines that did not run, failures.
 fn notes(r: &MetadataResult) -> String {
     let mut s = String::new();
+    if let Some((before, after)) = r.load {
+        let _ = writeln!(
+            s,
+            "load average (1 min) {before:.2} before, {after:.2} after, on {} CPUs",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+    }
     for run in &r.runs {
         let _ = match &run.outcome {
             FsOutcome::Measured(_) => Ok(()),
