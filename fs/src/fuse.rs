@@ -10,7 +10,7 @@
 //!   on the devices, and the measured FUSE direct-I/O path is faster here than the cached
 //!   one.
 //! - **The kernel caches entries, attributes and directory listings for long** ([`TTL`],
-//!   and `FOPEN_CACHE_DIR` on directories; names that do not exist too): this process is
+//!   directory listings as said below; names that do not exist too): this process is
 //!   the only writer of its namespace. Every change made through the mount is one the
 //!   kernel makes itself and so knows of (it drops the attributes a write, link, unlink or
 //!   rename touches, and a directory's cached listing when the directory changes). The one
@@ -22,22 +22,22 @@
 //!   once a short TTL has passed.
 //! - **Permissions are checked by the kernel** (`default_permissions`): `access` and the
 //!   mode checks of every operation never reach this adapter.
-//! - **Directory streams are snapshots**: `opendir` hands out a handle, the first `readdir`
-//!   at offset 0 takes the directory's entries, and later calls continue from the position
-//!   the kernel gives back. Entries created or removed meanwhile do not shift the stream
-//!   (`rm -rf` of a large directory removes every entry), and a directory of thousands of
-//!   entries is read in linear time.
+//! - **Directories are not opened**: `opendir` is answered `ENOSYS`, which tells the kernel
+//!   never to send `OPENDIR` or `RELEASEDIR` again (one round trip less for each directory
+//!   listed, two for `rm -rf`); it then caches every listing (`FOPEN_CACHE_DIR`) until it
+//!   changes the directory. `readdir` continues from the position the kernel gives back,
+//!   and positions are stable (`meta::dir`): entries removed meanwhile do not shift the
+//!   stream (`rm -rf` of a large directory removes every entry), and each call costs what
+//!   it returns, so a directory of thousands of entries is read in linear time.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::time::{Duration, SystemTime};
 
-use dashmap::DashMap;
 use fuser::{
     Errno, FileAttr, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -46,7 +46,7 @@ use fuser::{
 };
 
 use crate::filesystem::{
-    Attr, Caller, DirEntry, FileType, Filesystem, FsError, RenameFlags, SetAttr, XattrFlags,
+    Attr, Caller, FileType, Filesystem, FsError, RenameFlags, SetAttr, XattrFlags,
 };
 
 /// How long the kernel may cache attributes and directory entries (and that a name does not
@@ -62,18 +62,11 @@ pub const PREFERRED_IO_SIZE: u32 = 1 << 20;
 /// The FUSE front end of a [`Filesystem`].
 pub struct Fuse {
     fs: Arc<Filesystem>,
-    /// Open directory streams: handle → entries taken at offset 0.
-    dirs: DashMap<u64, Option<Vec<DirEntry>>>,
-    next_handle: AtomicU64,
 }
 
 impl Fuse {
     pub fn new(fs: Arc<Filesystem>) -> Self {
-        Fuse {
-            fs,
-            dirs: DashMap::new(),
-            next_handle: AtomicU64::new(1),
-        }
+        Fuse { fs }
     }
 
     /// The owner of a new inode in `parent`: the caller, or the directory's group when the
@@ -91,31 +84,6 @@ impl Fuse {
             }
             _ => (who, 0),
         }
-    }
-
-    /// Calls `add` with the entries of directory stream `fh` from position `offset` until it
-    /// returns true (reply full). The stream's snapshot is taken at offset 0; a stream
-    /// without a handle of ours reads the filesystem directly.
-    fn each_entry(
-        &self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        mut add: impl FnMut(&DirEntry) -> bool,
-    ) -> Result<(), FsError> {
-        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        let Some(mut stream) = self.dirs.get_mut(&fh) else {
-            let entries = self.fs.readdir(ino, offset)?;
-            entries.iter().find(|e| add(e));
-            return Ok(());
-        };
-        if offset == 0 || stream.is_none() {
-            *stream = Some(self.fs.readdir(ino, 0)?);
-        }
-        if let Some(rest) = stream.as_deref().and_then(|all| all.get(skip..)) {
-            rest.iter().find(|e| add(e));
-        }
-        Ok(())
     }
 }
 
@@ -192,11 +160,6 @@ fn time(t: TimeOrNow) -> SystemTime {
 
 /// Files bypass the page cache (see the module docs).
 const FILE_FLAGS: FopenFlags = FopenFlags::FOPEN_DIRECT_IO;
-
-/// Directory listings are cached by the kernel and kept from one `opendir` to the next: it
-/// drops them itself when it changes the directory (see the module docs), so `du` after
-/// `find`, or `rm -rf` after either, lists each directory from memory.
-const DIR_FLAGS: FopenFlags = FopenFlags::FOPEN_CACHE_DIR.union(FopenFlags::FOPEN_KEEP_CACHE);
 
 /// Capabilities asked of the kernel when it offers them: READDIRPLUS (one round trip for
 /// `ls -l`), parallel lookups in one directory, asynchronous direct I/O (a large read or
@@ -493,13 +456,11 @@ impl fuser::Filesystem for Fuse {
         }
     }
 
+    /// `ENOSYS` for a directory: directories need no handle (positions are stable), and
+    /// the kernel then stops sending `OPENDIR` and `RELEASEDIR` (see the module docs).
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.getattr(ino.0) {
-            Ok(a) if a.kind == FileType::Dir => {
-                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-                self.dirs.insert(fh, None);
-                reply.opened(FileHandle(fh), DIR_FLAGS);
-            }
+            Ok(a) if a.kind == FileType::Dir => reply.error(Errno::ENOSYS),
             Ok(_) => reply.error(errno("opendir", ino.0, &FsError::NotDir)),
             Err(e) => reply.error(errno("opendir", ino.0, &e)),
         }
@@ -509,11 +470,11 @@ impl fuser::Filesystem for Fuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let filled = self.each_entry(ino.0, fh.0, offset, |e| {
+        let filled = self.fs.readdir_with(ino.0, offset, |e, _| {
             reply.add(
                 INodeNo(e.ino),
                 e.next,
@@ -527,25 +488,22 @@ impl fuser::Filesystem for Fuse {
         }
     }
 
+    /// Entries with their attributes, taken under one lock of the metadata.
     fn readdirplus(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let filled = self.each_entry(ino.0, fh.0, offset, |e| {
-            // An entry removed since the snapshot is left out.
-            let Ok(a) = self.fs.getattr(e.ino) else {
-                return false;
-            };
+        let filled = self.fs.readdir_with(ino.0, offset, |e, a| {
             reply.add(
                 INodeNo(e.ino),
                 e.next,
                 OsStr::from_bytes(&e.name),
                 &TTL,
-                &file_attr(&a),
+                &file_attr(a),
                 Generation(0),
             )
         });
@@ -559,11 +517,10 @@ impl fuser::Filesystem for Fuse {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs.remove(&fh.0);
         reply.ok();
     }
 
