@@ -4,13 +4,15 @@
 //!
 //! Modules: `devices` makes scratch devices, `workload` plans the points, `engines` runs
 //! each engine on a point, `stats` measures, `costs` times registration and remapping,
-//! `targets` checks the goals of issue 5, `report` and `plot` write the results.
+//! `targets` checks the goals of issue 5, `metadata` runs the metadata sweep against btrfs
+//! (issue 11), `report` and `plot` write the results.
 
 mod costs;
 mod devices;
 mod engines;
 mod machine;
 mod memory;
+mod metadata;
 mod plot;
 mod progress;
 mod report;
@@ -145,6 +147,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .collect();
     let results = measure_all(&lab, &points, &engines, &settings);
     let costs = measure_costs(args, &lab, disk, &settings);
+    drop(lab);
+    let metadata = measure_metadata(args);
     let report = Report {
         machine,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -152,10 +156,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         settings,
         points: results,
         costs,
+        metadata,
         wall_seconds: started.elapsed().as_secs_f64(),
         stolen_seconds: stolen.zip(machine::stolen_seconds()).map(|(a, b)| b - a),
     };
-    drop(lab);
     print!("{}", report::summary(&report));
     write_outputs(args, &report)?;
     println!("finished in {:.1} s", report.wall_seconds);
@@ -195,7 +199,6 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
 /// what the run would skip for lack of loop devices or of a FUSE mount is an error instead,
 /// as it is in the tests.
 fn check_required(args: &BenchArgs) -> Result<()> {
-    let required = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0");
     if required("STRIPEFS_REQUIRE_LOOP")
         && (args.kinds.is_empty() || args.kinds.iter().any(|k| k.needs_root()))
         && let Err(reason) = devices::loops_available()
@@ -406,6 +409,35 @@ fn measure_costs(
     allowed.then(|| costs::outcome(&target, s.cost_buffer))
 }
 
+/// The metadata sweep, unless `--sweeps` or `--kinds` leave it out (it runs on RAM-backed
+/// loop devices of its own).
+fn measure_metadata(args: &BenchArgs) -> Option<metadata::MetadataOutcome> {
+    let wanted = (args.sweeps.is_empty() || args.sweeps.contains(&Sweep::Metadata))
+        && (args.kinds.is_empty() || args.kinds.contains(&Kind::RamLoop));
+    if !wanted || signal::interrupted() {
+        return None;
+    }
+    let outcome = metadata::run(
+        metadata::Scale::new(args.quick),
+        required("STRIPEFS_REQUIRE_TOOLS"),
+    );
+    if let metadata::MetadataOutcome::Skipped { reason } = &outcome
+        && required("STRIPEFS_REQUIRE_LOOP")
+    {
+        return Some(metadata::MetadataOutcome::Failed {
+            error: format!(
+                "STRIPEFS_REQUIRE_LOOP is set, but the metadata sweep was skipped: {reason}"
+            ),
+        });
+    }
+    Some(outcome)
+}
+
+/// Whether the switch `name` (`STRIPEFS_REQUIRE_…`) is set.
+fn required(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 fn write_outputs(args: &BenchArgs, report: &Report) -> Result<()> {
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(report).context("encoding JSON")?;
@@ -429,6 +461,15 @@ fn write_outputs(args: &BenchArgs, report: &Report) -> Result<()> {
     Ok(())
 }
 
+/// The failures of the metadata sweep, if it ran.
+fn metadata_failures(outcome: Option<&metadata::MetadataOutcome>) -> Vec<String> {
+    match outcome {
+        Some(metadata::MetadataOutcome::Failed { error }) => vec![format!("metadata: {error}")],
+        Some(metadata::MetadataOutcome::Measured(r)) => r.failures().collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Fails the command if any measurement failed or the run was interrupted; speed never does.
 fn conclude(report: &Report) -> Result<()> {
     let failures: Vec<String> = report
@@ -442,6 +483,7 @@ fn conclude(report: &Report) -> Result<()> {
             Some(costs::CostsOutcome::Failed { error }) => Some(format!("costs: {error}")),
             _ => None,
         })
+        .chain(metadata_failures(report.metadata.as_ref()))
         .collect();
     if signal::interrupted() {
         bail!("interrupted");

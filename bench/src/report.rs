@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::costs::CostsOutcome;
 use crate::engines::{EngineId, Outcome};
 use crate::machine::Machine;
+use crate::metadata::MetadataOutcome;
 use crate::results::PointResult;
 use crate::stats::Measurement;
 use crate::targets::{Check, Verdict};
@@ -39,6 +40,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub costs: Option<CostsOutcome>,
     pub targets: Vec<Check>,
+    /// The metadata sweep, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<MetadataOutcome>,
     pub wall_seconds: f64,
     /// CPU seconds the hypervisor took from this machine during the run (all CPUs).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -279,16 +283,19 @@ fn aligned(columns: &[&str], rows: &[Vec<String>]) -> String {
 
 /// The closing summary for the terminal.
 pub fn summary(report: &Report) -> String {
-    let mut s = String::from(
-        "\nSummary (GB/s; IOPS for random reads; /X = stripefs over X; CPU s per GiB; p99 in us)\n",
-    );
+    let mut s = String::new();
     let rows: Vec<Vec<String>> = report
         .points
         .iter()
         .filter(|r| r.skipped.is_none())
         .map(summary_cells)
         .collect();
-    s.push_str(&aligned(&SUMMARY_COLUMNS, &rows));
+    if !rows.is_empty() {
+        s.push_str(
+            "\nSummary (GB/s; IOPS for random reads; /X = stripefs over X; CPU s per GiB; p99 in us)\n",
+        );
+        s.push_str(&aligned(&SUMMARY_COLUMNS, &rows));
+    }
     let rows: Vec<Vec<String>> = file_points(&report.points).map(file_cells).collect();
     if !rows.is_empty() {
         s.push_str(
@@ -297,6 +304,9 @@ pub fn summary(report: &Report) -> String {
         s.push_str(&aligned(&FILE_COLUMNS, &rows));
     }
     s.push_str(&costs_text(report));
+    if let Some(m) = &report.metadata {
+        s.push_str(&crate::metadata::text(m));
+    }
     s.push_str(&targets_text(&report.targets));
     s.push_str(&stolen_text(report));
     s
@@ -418,6 +428,9 @@ pub fn markdown(report: &Report) -> String {
             let _ = writeln!(s, "| {} |", r.join(" | "));
         }
         s.push('\n');
+    }
+    if let Some(m) = &report.metadata {
+        s.push_str(&crate::metadata::markdown(m));
     }
     s.push_str("```\n");
     s.push_str(costs_text(report).trim_start());

@@ -62,6 +62,9 @@ pub enum Sweep {
     EmuScaling,
     /// Memory-backed emulated NVMe: not disk-bound.
     EmuMem,
+    /// Untar, find, stat, rm -rf, cp and cat on stripefs and on btrfs raid0 over the same
+    /// RAM-backed loop devices (no points of the plan: see `crate::metadata`).
+    Metadata,
 }
 
 impl Sweep {
@@ -73,6 +76,7 @@ impl Sweep {
             Sweep::Write => "write",
             Sweep::EmuScaling => "emu-scaling",
             Sweep::EmuMem => "emu-mem",
+            Sweep::Metadata => "metadata",
         }
     }
 }

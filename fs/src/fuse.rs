@@ -8,28 +8,36 @@
 //!   request to this process. Registered writes by other processes change files behind the
 //!   kernel's back; with the page cache off, a read through the mount always returns what is
 //!   on the devices, and the measured FUSE direct-I/O path is faster here than the cached
-//!   one. Attributes and entries are cached for [`TTL`] (1 s); when a registered write
-//!   changes a file, the filesystem's invalidator hook has a dedicated thread send
+//!   one.
+//! - **The kernel caches entries, attributes and directory listings for long** ([`TTL`],
+//!   directory listings as said below; names that do not exist too): this process is
+//!   the only writer of its namespace. Every change made through the mount is one the
+//!   kernel makes itself and so knows of (it drops the attributes a write, link, unlink or
+//!   rename touches, and a directory's cached listing when the directory changes). The one
+//!   change made outside FUSE requests is a registered write through the control endpoint
+//!   (size, blocks, times): the filesystem's invalidator hook has a dedicated thread send
 //!   [`Notifier::inval_inode`] and waits for it (see [`Invalidations`]), so that `stat` sees
-//!   the new size and `mmap`ed pages are dropped by the time the write returns.
+//!   the new size and `mmap`ed pages are dropped by the time the write returns. Without
+//!   this, every `stat`, `find` and `rm -rf` pays a round trip to this process per entry
+//!   once a short TTL has passed.
 //! - **Permissions are checked by the kernel** (`default_permissions`): `access` and the
 //!   mode checks of every operation never reach this adapter.
-//! - **Directory streams are snapshots**: `opendir` hands out a handle, the first `readdir`
-//!   at offset 0 takes the directory's entries, and later calls continue from the position
-//!   the kernel gives back. Entries created or removed meanwhile do not shift the stream
-//!   (`rm -rf` of a large directory removes every entry), and a directory of thousands of
-//!   entries is read in linear time.
+//! - **Directories are not opened**: `opendir` is answered `ENOSYS`, which tells the kernel
+//!   never to send `OPENDIR` or `RELEASEDIR` again (one round trip less for each directory
+//!   listed, two for `rm -rf`); it then caches every listing (`FOPEN_CACHE_DIR`) until it
+//!   changes the directory. `readdir` continues from the position the kernel gives back,
+//!   and positions are stable (`meta::dir`): entries removed meanwhile do not shift the
+//!   stream (`rm -rf` of a large directory removes every entry), and each call costs what
+//!   it returns, so a directory of thousands of entries is read in linear time.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::time::{Duration, SystemTime};
 
-use dashmap::DashMap;
 use fuser::{
     Errno, FileAttr, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -38,12 +46,14 @@ use fuser::{
 };
 
 use crate::filesystem::{
-    Attr, Caller, CopyRange, DirEntry, Fallocate, FileType, Filesystem, FsError, RenameFlags, Seek,
-    SetAttr, XattrFlags,
+    Attr, Caller, CopyRange, Fallocate, FileType, Filesystem, FsError, RenameFlags, Seek, SetAttr,
+    XattrFlags,
 };
 
-/// How long the kernel may cache attributes and directory entries.
-pub const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes and directory entries (and that a name does not
+/// exist): a day, as libfuse's `cache=always`. Safe because the kernel learns of every change
+/// (see the module docs).
+pub const TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// `st_blksize` shown to programs, which size their buffers by it (`cmp`, stdio, `cp`).
 /// Without a page cache every `read` is a round trip to this process: 4 KiB reads run at a
@@ -53,18 +63,11 @@ pub const PREFERRED_IO_SIZE: u32 = 1 << 20;
 /// The FUSE front end of a [`Filesystem`].
 pub struct Fuse {
     fs: Arc<Filesystem>,
-    /// Open directory streams: handle → entries taken at offset 0.
-    dirs: DashMap<u64, Option<Vec<DirEntry>>>,
-    next_handle: AtomicU64,
 }
 
 impl Fuse {
     pub fn new(fs: Arc<Filesystem>) -> Self {
-        Fuse {
-            fs,
-            dirs: DashMap::new(),
-            next_handle: AtomicU64::new(1),
-        }
+        Fuse { fs }
     }
 
     /// The owner of a new inode in `parent`: the caller, or the directory's group when the
@@ -82,31 +85,6 @@ impl Fuse {
             }
             _ => (who, 0),
         }
-    }
-
-    /// Calls `add` with the entries of directory stream `fh` from position `offset` until it
-    /// returns true (reply full). The stream's snapshot is taken at offset 0; a stream
-    /// without a handle of ours reads the filesystem directly.
-    fn each_entry(
-        &self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        mut add: impl FnMut(&DirEntry) -> bool,
-    ) -> Result<(), FsError> {
-        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        let Some(mut stream) = self.dirs.get_mut(&fh) else {
-            let entries = self.fs.readdir(ino, offset)?;
-            entries.iter().find(|e| add(e));
-            return Ok(());
-        };
-        if offset == 0 || stream.is_none() {
-            *stream = Some(self.fs.readdir(ino, 0)?);
-        }
-        if let Some(rest) = stream.as_deref().and_then(|all| all.get(skip..)) {
-            rest.iter().find(|e| add(e));
-        }
-        Ok(())
     }
 }
 
@@ -138,6 +116,27 @@ fn file_attr(a: &Attr) -> FileAttr {
         gid: a.gid,
         rdev: a.rdev,
         blksize: a.blksize.max(PREFERRED_IO_SIZE),
+        flags: 0,
+    }
+}
+
+/// The entry of a name that does not exist: inode 0 (FUSE's negative entry).
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
         flags: 0,
     }
 }
@@ -194,9 +193,13 @@ impl fuser::Filesystem for Fuse {
         Ok(())
     }
 
+    /// A name that does not exist is answered as a negative entry (inode 0) valid for
+    /// [`TTL`]: the kernel then answers the next lookup of it (a search along `PATH`, a
+    /// build probing for headers) by itself, until it creates the name.
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(FsError::NotFound) => reply.entry(&TTL, &negative_entry(), Generation(0)),
             Err(e) => reply.error(errno("lookup", parent.0, &e)),
         }
     }
@@ -410,7 +413,8 @@ impl fuser::Filesystem for Fuse {
 
     /// Nothing to do on `close`: writes reach the devices before they are answered (no page
     /// cache), and metadata is committed by `fsync`, the periodic committer and unmount,
-    /// as on ext4.
+    /// as on ext4. Answered `ENOSYS`, which tells the kernel never to send `FLUSH` again:
+    /// a `close` then costs no round trip to this process.
     fn flush(
         &self,
         _req: &Request,
@@ -419,7 +423,7 @@ impl fuser::Filesystem for Fuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -457,13 +461,11 @@ impl fuser::Filesystem for Fuse {
         }
     }
 
+    /// `ENOSYS` for a directory: directories need no handle (positions are stable), and
+    /// the kernel then stops sending `OPENDIR` and `RELEASEDIR` (see the module docs).
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.getattr(ino.0) {
-            Ok(a) if a.kind == FileType::Dir => {
-                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-                self.dirs.insert(fh, None);
-                reply.opened(FileHandle(fh), FopenFlags::empty());
-            }
+            Ok(a) if a.kind == FileType::Dir => reply.error(Errno::ENOSYS),
             Ok(_) => reply.error(errno("opendir", ino.0, &FsError::NotDir)),
             Err(e) => reply.error(errno("opendir", ino.0, &e)),
         }
@@ -473,11 +475,11 @@ impl fuser::Filesystem for Fuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let filled = self.each_entry(ino.0, fh.0, offset, |e| {
+        let filled = self.fs.readdir_with(ino.0, offset, |e, _| {
             reply.add(
                 INodeNo(e.ino),
                 e.next,
@@ -491,25 +493,22 @@ impl fuser::Filesystem for Fuse {
         }
     }
 
+    /// Entries with their attributes, taken under one lock of the metadata.
     fn readdirplus(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let filled = self.each_entry(ino.0, fh.0, offset, |e| {
-            // An entry removed since the snapshot is left out.
-            let Ok(a) = self.fs.getattr(e.ino) else {
-                return false;
-            };
+        let filled = self.fs.readdir_with(ino.0, offset, |e, a| {
             reply.add(
                 INodeNo(e.ino),
                 e.next,
                 OsStr::from_bytes(&e.name),
                 &TTL,
-                &file_attr(&a),
+                &file_attr(a),
                 Generation(0),
             )
         });
@@ -523,11 +522,10 @@ impl fuser::Filesystem for Fuse {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs.remove(&fh.0);
         reply.ok();
     }
 

@@ -10,6 +10,7 @@ use stripefs_mapping::{Buffer, Mapping};
 use super::bounce::BOUNCE_SIZE;
 use super::error::FsError;
 use super::format::{BLOCK_SIZE, stripe_layout};
+use super::tail::Tail;
 use super::{Filesystem, now};
 use crate::meta::Metadata;
 use crate::meta::extents::{self, Extent};
@@ -364,24 +365,39 @@ impl Filesystem {
     /// Writes `data` at `offset`, extending the file if needed.
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let lock = self.data_lock(ino);
-        let _exclusive = lock.write();
+        let (_exclusive, mut tail) = lock.write_keeping_tail();
         self.file_size(ino)?;
         check_range(offset, data.len() as u64)?;
         if data.is_empty() {
             return Ok(0);
         }
-        self.write_bounced(ino, offset, data, true)?;
+        self.write_bounced(ino, offset, data, true, Some(&mut tail))?;
         Ok(data.len() as u32)
     }
 
     /// Writes `data` at `offset` through bounce buffers (read-modify-write of partial
-    /// blocks); with `grow`, the file grows to cover each piece as it is written.
-    fn write_bounced(&self, ino: u64, offset: u64, data: &[u8], grow: bool) -> Result<(), FsError> {
+    /// blocks); with `grow`, the file grows to cover each piece as it is written. With
+    /// `tail` (the POSIX write path), a partial first block that is the kept one is taken
+    /// from it rather than read, and the partial last block written is kept (see `tail`).
+    fn write_bounced(
+        &self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        grow: bool,
+        mut tail: Option<&mut Option<Tail>>,
+    ) -> Result<(), FsError> {
         let bounce = self.pool.take()?;
         let target = bounce_target(&bounce.mapping);
+        let kept = tail.as_mut().and_then(|t| t.take());
+        let mut last = None;
         for w in windows(offset, data.len() as u64) {
-            if w.w0 != w.a0 {
-                self.read_aligned(ino, w.a0, w.a0 + BLOCK_SIZE, target)?;
+            match &kept {
+                _ if w.w0 == w.a0 => {}
+                Some(k) if k.offset == w.a0 => {
+                    bounce.buffer.write_at(0, &k.bytes).map_err(Error::from)?;
+                }
+                _ => self.read_aligned(ino, w.a0, w.a0 + BLOCK_SIZE, target)?,
             }
             if w.w1 != w.a1 && (w.w0 == w.a0 || w.a1 - BLOCK_SIZE != w.a0) {
                 let tail = Target {
@@ -395,6 +411,18 @@ impl Filesystem {
                 .write_at(w.w0 - w.a0, &data[w.range(offset)])
                 .map_err(Error::from)?;
             self.write_aligned(ino, (w.a0, w.a1), target, grow.then_some(w.w1))?;
+            last = Some(w);
+        }
+        if let (Some(tail), Some(w)) = (tail, last)
+            && w.w1 != w.a1
+        {
+            let mut bytes = vec![0u8; BLOCK_SIZE as usize].into_boxed_slice();
+            let at = w.a1 - BLOCK_SIZE;
+            bounce
+                .buffer
+                .read_at(at - w.a0, &mut bytes)
+                .map_err(Error::from)?;
+            *tail = Some(Tail { offset: at, bytes });
         }
         Ok(())
     }
@@ -602,7 +630,7 @@ impl Filesystem {
                     buffer
                         .read_at(part.buffer_offset, &mut bytes)
                         .map_err(Error::from)?;
-                    self.write_bounced(ino, part.offset, &bytes, true)?;
+                    self.write_bounced(ino, part.offset, &bytes, true, None)?;
                 }
             }
         }

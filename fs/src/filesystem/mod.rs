@@ -20,6 +20,7 @@ mod namespace;
 mod repair;
 mod rewrite;
 mod space;
+mod tail;
 mod xattr;
 
 pub(crate) use bounce::BOUNCE_SIZE;
@@ -51,6 +52,7 @@ use bounce::BouncePool;
 use commit::{CommitGate, Pending};
 use durability::checkpoint_size;
 use journal::Journal;
+use tail::DataLock;
 
 /// Longest file name, in bytes.
 pub const NAME_MAX: usize = 255;
@@ -189,7 +191,7 @@ pub struct Filesystem {
     commits: CommitGate,
     journal: Mutex<Journal>,
     open_files: Mutex<HashMap<u64, u32>>,
-    data_locks: DashMap<u64, Arc<RwLock<()>>>,
+    data_locks: DashMap<u64, Arc<DataLock>>,
     registrations: DashMap<u64, (u64, Mapping)>,
     next_first_device: AtomicUsize,
     invalidator: RwLock<Option<Invalidator>>,
@@ -449,6 +451,10 @@ impl Filesystem {
                 None => return Ok(()),
             }
         }
+        let lock = self.data_locks.get(&ino).map(|l| l.clone());
+        if let Some(lock) = lock {
+            lock.forget_tail();
+        }
         let mut meta = self.meta.write();
         let orphan = meta
             .get(ino)
@@ -464,7 +470,7 @@ impl Filesystem {
         self.open_files.lock().get(&ino).is_some_and(|&n| n > 0)
     }
 
-    fn data_lock(&self, ino: u64) -> Arc<RwLock<()>> {
+    fn data_lock(&self, ino: u64) -> Arc<DataLock> {
         self.data_locks.entry(ino).or_default().clone()
     }
 }

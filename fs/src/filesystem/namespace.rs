@@ -405,28 +405,46 @@ impl Filesystem {
 
     /// Entries of directory `ino` from position `offset` on ("." and ".." first).
     pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+        let mut out = Vec::new();
+        self.readdir_with(ino, offset, |e, _| {
+            out.push(e.clone());
+            false
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `add` with the entries of directory `ino` from position `offset` on ("." and
+    /// ".." first), each with its attributes, until `add` returns true (a full reply).
+    /// Positions are stable (see `meta::dir`): a stream continued from an entry's `next`
+    /// misses nothing that was there and is still there, whatever was removed meanwhile,
+    /// and a call costs what it returns, not the size of the directory.
+    pub fn readdir_with(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, &Attr) -> bool,
+    ) -> Result<(), FsError> {
         let meta = self.meta.read();
         let dir = directory(&meta, ino)?;
-        let mut out = Vec::new();
-        let dots = [(ino, b".".to_vec()), (dir.parent, b"..".to_vec())];
-        let all =
-            dots.into_iter()
-                .map(|(i, n)| (i, n, FileType::Dir))
-                .chain(dir.entries.iter().map(|(n, &i)| {
-                    let kind = meta
-                        .get(i)
-                        .map_or(FileType::File, |c| file_type(c.record.kind));
-                    (i, n.clone(), kind)
-                }));
-        for (position, (child, name, kind)) in all.enumerate().skip(offset as usize) {
-            out.push(DirEntry {
+        let dots = [(0, &b"."[..], ino), (1, &b".."[..], dir.parent)];
+        let dots = dots.into_iter().filter(|&(at, _, _)| at >= offset);
+        for (at, name, child) in dots.chain(dir.entries.from_position(offset)) {
+            // Every entry names an inode (apply refuses a link to a missing one).
+            let Some(inode) = meta.get(child) else {
+                continue;
+            };
+            let a = attr(inode);
+            let entry = DirEntry {
                 ino: child,
-                next: position as u64 + 1,
-                kind,
-                name,
-            });
+                next: at + 1,
+                kind: a.kind,
+                name: name.to_vec(),
+            };
+            if add(&entry, &a) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

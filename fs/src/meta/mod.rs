@@ -5,12 +5,14 @@
 //! rebuilds exactly the state that was live.
 
 pub mod alloc;
+pub mod dir;
 pub mod extents;
 
 use std::collections::{BTreeMap, HashMap};
 
 use stripefs_layout::ondisk::{InodeKind, InodeRecord, LayoutRecord, Record, Timestamp};
 
+use dir::DirEntries;
 use extents::{Extent, ExtentMap};
 
 /// The root directory's inode number.
@@ -43,7 +45,7 @@ pub enum MetaError {
 pub struct Inode {
     pub record: InodeRecord,
     /// Directory entries (directories only).
-    pub entries: BTreeMap<Vec<u8>, u64>,
+    pub entries: DirEntries,
     /// Per column of the layout: where the column object is stored (files only).
     pub extents: Vec<ExtentMap>,
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -64,7 +66,7 @@ impl Inode {
         };
         Inode {
             parent: record.ino,
-            entries: BTreeMap::new(),
+            entries: DirEntries::default(),
             extents: if is_file {
                 vec![ExtentMap::default(); columns]
             } else {
@@ -196,13 +198,12 @@ impl Metadata {
         if !dir.is_dir() {
             return Err(MetaError::NotDir { ino: parent });
         }
-        if dir.entries.contains_key(name) {
+        if !dir.entries.insert(name.to_vec(), ino) {
             return Err(MetaError::EntryExists {
                 parent,
                 name: String::from_utf8_lossy(name).into_owned(),
             });
         }
-        dir.entries.insert(name.to_vec(), ino);
         if child_is_dir {
             dir.nlink += 1;
         }

@@ -1,0 +1,151 @@
+//! The two filesystems of the metadata sweep, made and mounted the way a user would: stripefs
+//! with this program's own `mkfs`, `mount --daemon` and `umount` commands (a daemon process
+//! serving the FUSE mount, with its default threads and commit interval), and btrfs with
+//! data raid0 and metadata raid1 (`mkfs.btrfs -d raid0 -m raid1`) over the same devices.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::command::run_quiet;
+use crate::devices::wait_until_free;
+
+/// Which filesystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsKind {
+    Stripefs,
+    /// btrfs, data raid0, metadata raid1.
+    Btrfs,
+}
+
+impl FsKind {
+    /// Name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Stripefs => "stripefs",
+            FsKind::Btrfs => "btrfs raid0",
+        }
+    }
+
+    /// Writes a new filesystem of this kind on `devices` (their contents are lost).
+    pub fn mkfs(self, devices: &[PathBuf]) -> Result<()> {
+        // A stripefs daemon that has just exited may still hold its devices for a moment.
+        wait_until_free(devices, Duration::from_secs(10))?;
+        let mut cmd = match self {
+            FsKind::Stripefs => {
+                let mut c = stripefs()?;
+                c.args(["mkfs", "--force", "--label", "stripefs-bench-meta"]);
+                c
+            }
+            FsKind::Btrfs => {
+                let mut c = Command::new("mkfs.btrfs");
+                c.args(["-f", "-q", "-d", "raid0", "-m", "raid1"]);
+                c
+            }
+        };
+        run_quiet(cmd.args(devices))
+            .with_context(|| format!("making {} on the devices", self.name()))
+    }
+}
+
+/// The `stripefs` program (this one).
+fn stripefs() -> Result<Command> {
+    let exe = std::env::current_exe().context("finding this program")?;
+    Ok(Command::new(exe))
+}
+
+/// A mounted filesystem, unmounted when dropped.
+pub struct Mounted {
+    kind: FsKind,
+    devices: Vec<PathBuf>,
+    mountpoint: PathBuf,
+    mounted: bool,
+}
+
+impl Mounted {
+    /// Mounts the filesystem of `kind` on `devices` at `mountpoint`.
+    pub fn mount(kind: FsKind, devices: &[PathBuf], mountpoint: &Path) -> Result<Mounted> {
+        let mut m = Mounted {
+            kind,
+            devices: devices.to_vec(),
+            mountpoint: mountpoint.to_path_buf(),
+            mounted: false,
+        };
+        m.attach()?;
+        Ok(m)
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and mounts again: nothing of the filesystem stays in the kernel's caches
+    /// (pages, entries, attributes).
+    pub fn remount(&mut self) -> Result<()> {
+        self.unmount()?;
+        self.attach()
+    }
+
+    /// Unmounts (for stripefs: waits until the daemon has written its checkpoint and exited).
+    pub fn unmount(&mut self) -> Result<()> {
+        if !self.mounted {
+            return Ok(());
+        }
+        let mut cmd = match self.kind {
+            FsKind::Stripefs => {
+                let mut c = stripefs()?;
+                c.arg("umount");
+                c
+            }
+            FsKind::Btrfs => Command::new("umount"),
+        };
+        run_quiet(cmd.arg(&self.mountpoint))
+            .with_context(|| format!("unmounting {}", self.kind.name()))?;
+        self.mounted = false;
+        Ok(())
+    }
+
+    fn attach(&mut self) -> Result<()> {
+        let mut cmd = match self.kind {
+            FsKind::Stripefs => {
+                wait_until_free(&self.devices, Duration::from_secs(10))?;
+                let mut c = stripefs()?;
+                c.args(["mount", "--daemon"]).args(&self.devices);
+                c
+            }
+            FsKind::Btrfs => {
+                // Naming every member lets the kernel assemble the filesystem without a
+                // `btrfs device scan`.
+                let mut options = OsString::from("noatime");
+                for d in &self.devices {
+                    options.push(",device=");
+                    options.push(d);
+                }
+                let Some(first) = self.devices.first() else {
+                    bail!("no devices to mount btrfs from");
+                };
+                let mut c = Command::new("mount");
+                c.args(["-t", "btrfs", "-o"]).arg(options).arg(first);
+                c
+            }
+        };
+        run_quiet(cmd.arg(&self.mountpoint))
+            .with_context(|| format!("mounting {}", self.kind.name()))?;
+        self.mounted = true;
+        Ok(())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            eprintln!("stripefs bench: {e:#}");
+        }
+    }
+}
