@@ -12,6 +12,7 @@ use parking_lot::{Condvar, Mutex};
 use super::super::ring::{Cqe, RingView, Sqe, WAITING};
 use super::super::server::ServerShared;
 use super::super::sys;
+use super::files::FileEntry;
 use super::handles::Registration;
 
 pub(super) struct CqState {
@@ -21,8 +22,13 @@ pub(super) struct CqState {
     pub(super) reserved: u32,
 }
 
+/// A checked request: its registration (or buffer), the file it names (with [`SQE_FILE`]),
+/// and the request.
+///
+/// [`SQE_FILE`]: super::super::ring::SQE_FILE
 pub(super) struct Job {
     pub(super) reg: Arc<Registration>,
+    pub(super) file: Option<Arc<FileEntry>>,
     pub(super) sqe: Sqe,
 }
 
