@@ -52,7 +52,7 @@ pub use discover::discover;
 pub use error::{ClientError, Errno};
 pub use files::{FileHandle, FileInfo, FileRequest};
 pub use proto::{DeviceStat, MigrateReply, RegistrationStat, StatReply};
-pub use tickets::Ticket;
+pub use tickets::{Finished, Ticket};
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -12,6 +12,9 @@ pub struct Ticket {
     op: Op,
 }
 
+/// A ticket whose request completed, and its outcome (bytes transferred, or why not).
+pub type Finished = (Ticket, Result<u64, ClientError>);
+
 impl Ticket {
     fn outcome(self, raw: i64) -> Result<u64, ClientError> {
         result_of(raw).map_err(|errno| ClientError::Refused {
@@ -98,7 +101,7 @@ impl Client {
         &self,
         tickets: &[Ticket],
         min: usize,
-    ) -> Result<Vec<(Ticket, Result<u64, ClientError>)>, ClientError> {
+    ) -> Result<Vec<Finished>, ClientError> {
         let min = min.min(tickets.len());
         let mut done = Vec::new();
         let mut open: Vec<Ticket> = tickets.to_vec();
