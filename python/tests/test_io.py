@@ -11,7 +11,7 @@ import pytest
 
 import stripefs
 
-from conftest import MIB, _binary, pattern
+from conftest import MIB, binary, pattern
 
 SIZES = [1, 4096, 100_000, MIB, MIB + 17, 3 * MIB + 5, 777_777, 5 * MIB - 4096]
 
@@ -57,7 +57,7 @@ def test_one_buffer_reads_many_files_with_no_new_registration(client, files):
 def stripefs_registrations(client) -> int:
     """Registrations of the mount, as `stripefs stat` counts them."""
     out = subprocess.run(
-        [str(_binary()), "stat", str(client.mount)], capture_output=True, text=True, check=True
+        [str(binary()), "stat", str(client.mount)], capture_output=True, text=True, check=True
     ).stdout
     counts = [int(l.split(":")[1]) for l in out.splitlines() if l.startswith("registrations:")]
     assert len(counts) == 1, out

@@ -84,7 +84,13 @@ def _coalesce(spans: Iterable[tuple[int, int]], gap: int) -> list[tuple[int, int
     return [(a, b) for a, b in out]
 
 
-def load_safetensors(client: Client, path: str | os.PathLike, *, depth: int | None = None) -> dict:
+def load_safetensors(
+    client: Client,
+    path: str | os.PathLike,
+    *,
+    buffer: Buffer | None = None,
+    depth: int | None = None,
+) -> dict:
     """Loads every tensor of the safetensors file at `path` (on `client`'s mount) into one
     registered buffer and returns {name: numpy array}, each array a view into that buffer
     (equal, tensor by tensor, to ``safetensors.numpy.load_file``).
@@ -92,8 +98,9 @@ def load_safetensors(client: Client, path: str | os.PathLike, *, depth: int | No
     The header is read first; then the tensors' bytes, coalesced into spans (neighbouring
     tensors merged) and cut along the file's stripe (whole stripe units), go in one batch of
     registered reads, up to `depth` in flight (default: the client's ring size). The buffer
-    places file offset x at buffer offset x, so every aligned read goes from the devices
-    straight into it."""
+    (a new one, or `buffer` if given: at least as large as the file, reused by a loader that
+    loads many files) places file offset x at buffer offset x, so every aligned read goes
+    from the devices straight into it."""
     path = os.fspath(path)
     with client.open(path) as f:
         size = f.size
@@ -122,7 +129,12 @@ def load_safetensors(client: Client, path: str | os.PathLike, *, depth: int | No
             if not 0 <= begin <= end <= size - base:
                 raise StripefsError(22, f"tensor {name!r} lies outside the file", path)
             spans.append((base + begin, base + end))
-        buf = client.alloc(max(size, 1))
+        if buffer is None:
+            buf = client.alloc(max(size, 1))
+        elif buffer.nbytes < size:
+            raise ValueError(f"buffer of {buffer.nbytes} bytes, the file has {size}")
+        else:
+            buf = buffer
         try:
             unit, count = layout_of(path)
         except OSError:
