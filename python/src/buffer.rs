@@ -111,6 +111,13 @@ impl Buffer {
         self.offset
     }
 
+    /// Whether views of it (memoryviews, arrays) or requests on it are alive: what makes
+    /// `close()` raise, and what a pool checks before reusing it.
+    #[getter]
+    fn busy(&self) -> bool {
+        self.core.exports.load(Ordering::Acquire) > 0 || self.core.pending.load(Ordering::Acquire) > 0
+    }
+
     #[getter]
     fn closed(&self) -> bool {
         self.core.closed.load(Ordering::Acquire)

@@ -29,7 +29,7 @@ pub(crate) struct Shared {
 /// most (a power of two), `workers` daemon threads for this client (0: its default),
 /// `chunk` the size reads and writes are split into. Use as a context manager, or call
 /// `close()`.
-#[pyclass(module = "stripefs", frozen)]
+#[pyclass(module = "stripefs", frozen, weakref)]
 pub(crate) struct Client {
     shared: std::sync::Mutex<Option<Arc<Shared>>>,
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import weakref
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -20,6 +21,10 @@ LAYOUT_XATTR = "user.stripefs.layout"
 BLOCK = 4096
 #: Smallest read a coalesced batch issues (when the stripe is narrower).
 MIN_READ = 4 << 20
+
+#: The buffer `load_safetensors` last allocated on each client, reused by the next load once
+#: no array of it is alive (registering a buffer pins it on every device: worth keeping).
+_POOLS: "weakref.WeakKeyDictionary[Client, Buffer]" = weakref.WeakKeyDictionary()
 
 _DTYPES = {
     "BOOL": np.bool_,
@@ -84,11 +89,48 @@ def _coalesce(spans: Iterable[tuple[int, int]], gap: int) -> list[tuple[int, int
     return [(a, b) for a, b in out]
 
 
+def _error(errno: int, what: str, path: str, mount=None) -> StripefsError:
+    """A StripefsError like those of the native module (errno, message, path, mount,
+    device)."""
+    err = StripefsError(errno, what, path)
+    err.mount = None if mount is None else str(mount)
+    err.device = None
+    return err
+
+
+def _header(path: str, size: int, mount) -> bytes:
+    """The JSON header of a safetensors file of `size` bytes (two small reads)."""
+    if size < 8:
+        raise _error(22, f"{size} bytes is too short for a safetensors file", path, mount)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+        if 8 + n > size:
+            raise _error(22, f"header of {n} bytes does not fit in {size}", path, mount)
+        header = os.pread(fd, n, 8)
+    finally:
+        os.close(fd)
+    if len(header) != n:
+        raise _error(5, f"header: read {len(header)} of {n} bytes", path, mount)
+    return header
+
+
+def _pooled(client: Client, size: int) -> Buffer:
+    """The client's pooled buffer if it is free and large enough, else a new one (pooled)."""
+    buf = _POOLS.get(client)
+    if buf is not None and not buf.closed and not buf.busy and buf.nbytes >= size:
+        return buf
+    buf = client.alloc(max(size, 1))
+    _POOLS[client] = buf
+    return buf
+
+
 def load_safetensors(
     client: Client,
     path: str | os.PathLike,
     *,
     buffer: Buffer | None = None,
+    pool: bool = True,
     depth: int | None = None,
 ) -> dict:
     """Loads every tensor of the safetensors file at `path` (on `client`'s mount) into one
@@ -98,39 +140,33 @@ def load_safetensors(
     The header is read first; then the tensors' bytes, coalesced into spans (neighbouring
     tensors merged) and cut along the file's stripe (whole stripe units), go in one batch of
     registered reads, up to `depth` in flight (default: the client's ring size). The buffer
-    (a new one, or `buffer` if given: at least as large as the file, reused by a loader that
-    loads many files) places file offset x at buffer offset x, so every aligned read goes
-    from the devices straight into it."""
+    places file offset x at buffer offset x, so every aligned read goes from the devices
+    straight into it. It is `buffer` if given (at least as large as the file); else, with
+    `pool`, the one the previous load on this client allocated, once none of its arrays is
+    alive and if it is large enough (the client keeps that one buffer until it goes);
+    else a new one."""
     path = os.fspath(path)
     with client.open(path) as f:
         size = f.size
-        if size < 8:
-            raise StripefsError(22, f"{size} bytes is too short for a safetensors file", path)
-        head = client.alloc(min(size, 1 << 20))
-        got = f.read(head, size=min(size, head.nbytes))
-        with memoryview(head) as view:
-            (n,) = struct.unpack_from("<Q", view, 0)
-            if 8 + n > size:
-                raise StripefsError(22, f"header of {n} bytes does not fit in {size}", path)
-            header_bytes = bytes(view[8 : 8 + n]) if 8 + n <= got else None
-        if header_bytes is None:
-            big = client.alloc(8 + n)
-            f.read(big, size=8 + n)
-            with memoryview(big) as view:
-                header_bytes = bytes(view[8 : 8 + n])
-            big.close()
-        head.close()
+        header_bytes = _header(path, size, client.mount)
         header = json.loads(header_bytes)
         header.pop("__metadata__", None)
-        base = 8 + n
+        base = 8 + len(header_bytes)
         spans = []
         for name, info in header.items():
             begin, end = info["data_offsets"]
             if not 0 <= begin <= end <= size - base:
-                raise StripefsError(22, f"tensor {name!r} lies outside the file", path)
+                raise _error(22, f"tensor {name!r} lies outside the file", path, client.mount)
+            if info["dtype"] not in _DTYPES:
+                what = f"tensor {name!r}: dtype {info['dtype']} has no numpy type"
+                raise _error(95, what, path, client.mount)
+            items = int(np.prod(info["shape"], dtype=np.int64))
+            if items * np.dtype(_DTYPES[info["dtype"]]).itemsize != end - begin:
+                what = f"tensor {name!r}: shape {info['shape']} does not fill {end - begin} bytes"
+                raise _error(22, what, path, client.mount)
             spans.append((base + begin, base + end))
         if buffer is None:
-            buf = client.alloc(max(size, 1))
+            buf = _pooled(client, size) if pool else client.alloc(max(size, 1))
         elif buffer.nbytes < size:
             raise ValueError(f"buffer of {buffer.nbytes} bytes, the file has {size}")
         else:
@@ -144,13 +180,10 @@ def load_safetensors(
         _read_ranges(client, f, buf, ranges, step, depth or client.entries)
     out = {}
     for name, info in header.items():
-        dtype = _DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise StripefsError(95, f"tensor {name!r}: dtype {info['dtype']} has no numpy type", path)
-        begin, end = info["data_offsets"]
+        begin, _ = info["data_offsets"]
         shape = tuple(info["shape"])
-        count_ = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        arr = np.frombuffer(buf, dtype=dtype, count=count_, offset=base + begin)
+        items = int(np.prod(shape, dtype=np.int64))
+        arr = np.frombuffer(buf, dtype=_DTYPES[info["dtype"]], count=items, offset=base + begin)
         out[name] = arr.reshape(shape)
     return out
 
