@@ -14,8 +14,8 @@ use pyo3::prelude::*;
 use pyo3::types::PySlice;
 use stripefs_client::{ClientBuffer, Handle};
 
-use crate::client::Shared;
 use crate::errors;
+use crate::shared::Shared;
 
 /// A registered buffer, shared by its slices.
 pub(crate) struct BufferCore {
@@ -115,7 +115,8 @@ impl Buffer {
     /// `close()` raise, and what a pool checks before reusing it.
     #[getter]
     fn busy(&self) -> bool {
-        self.core.exports.load(Ordering::Acquire) > 0 || self.core.pending.load(Ordering::Acquire) > 0
+        self.core.exports.load(Ordering::Acquire) > 0
+            || self.core.pending.load(Ordering::Acquire) > 0
     }
 
     #[getter]

@@ -12,16 +12,7 @@ use crate::buffer::{Buffer, BufferCore};
 use crate::errors;
 use crate::file::File;
 use crate::ring::Ring;
-
-/// What buffers, files and rings of a client share.
-pub(crate) struct Shared {
-    pub(crate) client: stripefs_client::Client,
-    /// The path the client was made with (on the mount).
-    pub(crate) mount: PathBuf,
-    /// Largest piece of one read or write: bigger ones are split into requests of this size,
-    /// all in flight at once.
-    pub(crate) chunk: u64,
-}
+use crate::shared::Shared;
 
 /// A connection to the stripefs daemon serving the mount that holds `path`.
 ///

@@ -11,8 +11,8 @@ use pyo3::prelude::*;
 use stripefs_client::{ClientError, FileHandle, FileRequest, Op, Ticket};
 
 use crate::buffer::{Buffer, BufferCore};
-use crate::client::Shared;
 use crate::errors;
+use crate::shared::Shared;
 
 /// A file on the mount, opened once for requests with the client's registered buffers.
 #[pyclass(module = "stripefs", frozen)]

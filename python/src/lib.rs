@@ -10,6 +10,7 @@ mod client;
 mod errors;
 mod file;
 mod ring;
+mod shared;
 
 use pyo3::prelude::*;
 

@@ -12,9 +12,9 @@ use pyo3::prelude::*;
 use stripefs_client::{FileRequest, Op, Ticket};
 
 use crate::buffer::{Buffer, BufferCore};
-use crate::client::Shared;
 use crate::errors;
 use crate::file::File;
+use crate::shared::Shared;
 
 /// What a request of the ring carries besides itself.
 struct Owner {
