@@ -149,14 +149,16 @@ def main() -> int:
         print(f"loading benchmark skipped: {reason}")
         return 0
     size = args.size or (64 * MIB if args.quick else GIB)
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = args.repeat or (1 if args.quick else 5)
     st_size = size // 2
     device = ((size + st_size) * 13 // 10 // 4 + 64 * MIB) // MIB * MIB
     with Mount(Path(args.stripefs_bin), devices=4, size=device, dir=args.dir) as m:
+        big, st = m.path / "big.bin", m.path / "model.safetensors"
+        with stripefs.Client(str(m.path)) as writer:
+            write_big(writer, big, size)
+        write_safetensors(st, st_size)
+        # A client of its own for the reads, as the Rust client's process has.
         with stripefs.Client(str(m.path)) as client:
-            big, st = m.path / "big.bin", m.path / "model.safetensors"
-            write_big(client, big, size)
-            write_safetensors(st, st_size)
             engines = Engines(args.stripefs_bin, client, big, st)
             check(engines)
             runs = engines.all()

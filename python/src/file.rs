@@ -20,8 +20,8 @@ pub(crate) struct File {
     pub(crate) shared: Arc<Shared>,
     pub(crate) handle: FileHandle,
     path: PathBuf,
-    /// Kept open for the file's size.
-    std: std::fs::File,
+    /// Kept open for the file's size until closed (an open descriptor keeps the mount busy).
+    std: Mutex<Option<std::fs::File>>,
     closed: AtomicBool,
 }
 
@@ -55,7 +55,7 @@ impl File {
             shared,
             handle,
             path,
-            std,
+            std: Mutex::new(Some(std)),
             closed: AtomicBool::new(false),
         })
     }
@@ -68,6 +68,21 @@ impl File {
             )));
         }
         Ok(())
+    }
+
+    /// The file's length now.
+    fn len(&self) -> PyResult<u64> {
+        let std = self
+            .std
+            .lock()
+            .map_err(|_| PyValueError::new_err("file lock poisoned"))?;
+        let std = std
+            .as_ref()
+            .ok_or_else(|| PyValueError::new_err(format!("{} is closed", self.path.display())))?;
+        std.metadata().map(|m| m.len()).map_err(|e| {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            errors::os_error(errno, e.to_string(), &self.path, &self.shared.mount)
+        })
     }
 
     pub(crate) fn path(&self) -> &std::path::Path {
@@ -93,21 +108,7 @@ impl File {
             )));
         }
         let size = match op {
-            Op::Read => {
-                let len = self
-                    .std
-                    .metadata()
-                    .map_err(|e| {
-                        errors::os_error(
-                            e.raw_os_error().unwrap_or(libc::EIO),
-                            e.to_string(),
-                            &self.path,
-                            &self.shared.mount,
-                        )
-                    })?
-                    .len();
-                size.min(len.saturating_sub(file_offset))
-            }
+            Op::Read => size.min(self.len()?.saturating_sub(file_offset)),
             Op::Write => size,
         };
         let chunk = self.shared.chunk;
@@ -198,14 +199,7 @@ impl File {
     /// The file's size now.
     #[getter]
     fn size(&self) -> PyResult<u64> {
-        self.std.metadata().map(|m| m.len()).map_err(|e| {
-            errors::os_error(
-                e.raw_os_error().unwrap_or(libc::EIO),
-                e.to_string(),
-                &self.path,
-                &self.shared.mount,
-            )
-        })
+        self.len()
     }
 
     #[getter(path)]
@@ -222,6 +216,9 @@ impl File {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        if let Ok(mut std) = self.std.lock() {
+            std.take();
         }
         let shared = &self.shared;
         py.detach(|| shared.client.close(self.handle))

@@ -216,3 +216,39 @@ def test_read_many_and_as_completed(client, files):
             assert bytes(m) == want
     seen = sorted(i for i, _ in stripefs.as_completed(client, requests))
     assert seen == list(range(len(requests)))
+
+
+def test_a_buffer_with_requests_in_flight_does_not_close(client, files):
+    p = files[5]
+    buf = client.alloc(SIZES[5])
+    f = client.open(str(p))
+    fut = f.pread(buf)
+    with pytest.raises(BufferError):
+        buf.close()  # the future has not been waited for
+    assert fut.get() == SIZES[5]
+    assert not buf.busy
+    buf.close()
+    f.close()
+    with pytest.raises(ValueError):
+        f.read(buf)
+
+
+def test_ring_writes(client, mount):
+    p = mount.path / "ring-written.bin"
+    p.write_bytes(b"")
+    want = pattern(5, 1 << 20)
+    buf = client.alloc(len(want))
+    with memoryview(buf) as m:
+        m[:] = want
+    with client.open(str(p), "w") as f:
+        ring = client.ring(8)
+        for k in range(8):
+            piece = len(want) // 8
+            ring.prepare(f, buf[k * piece : (k + 1) * piece], file_offset=k * piece, userdata=k, write=True)
+        got = []
+        ring.submit()
+        while ring.in_flight:
+            got += ring.wait(1)
+    assert sorted(got) == [(k, len(want) // 8) for k in range(8)]
+    assert p.read_bytes() == want
+    p.unlink()

@@ -62,3 +62,22 @@ def test_a_truncated_safetensors_file_is_an_error(client, mount):
     assert e.value.errno == 22
     assert e.value.filename == str(path)
     path.unlink()
+
+
+def test_a_pooled_buffer_is_reused_only_once_its_arrays_are_gone(client, mount):
+    paths = [mount.path / f"pool{i}.safetensors" for i in range(2)]
+    for i, p in enumerate(paths):
+        safetensors_numpy.save_file(tensors(10 + i), str(p))
+    refs = [safetensors_numpy.load_file(str(p)) for p in paths]
+    first = stripefs.load_safetensors(client, str(paths[0]))
+    second = stripefs.load_safetensors(client, str(paths[1]))
+    # The second load did not reuse the first one's buffer: its arrays are intact.
+    for got, ref in ((first, refs[0]), (second, refs[1])):
+        for name in ref:
+            assert np.array_equal(got[name], ref[name]), name
+    del first, second
+    again = stripefs.load_safetensors(client, str(paths[0]))
+    for name in refs[0]:
+        assert np.array_equal(again[name], refs[0][name]), name
+    for p in paths:
+        p.unlink()
