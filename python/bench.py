@@ -182,10 +182,13 @@ def report(seconds: dict, loaded: dict, size: int, repeat: int, args) -> int:
         f"Loading benchmark: {size / MIB:.0f} MiB file and a {loaded['Rust client (safetensors file)'] / MIB:.0f} MiB "
         f"safetensors file on 4 image-file devices; median of {repeat} run(s)",
         "",
-        "| engine | seconds | GB/s |",
-        "| --- | ---: | ---: |",
+        "| engine | seconds (median) | fastest – slowest run | GB/s (median) |",
+        "| --- | ---: | ---: | ---: |",
     ]
-    lines += [f"| {k} | {med[k]:.3f} | {rate[k]:.2f} |" for k in med]
+    lines += [
+        f"| {k} | {med[k]:.3f} | {min(seconds[k]):.3f} – {max(seconds[k]):.3f} | {rate[k]:.2f} |"
+        for k in med
+    ]
     def ratio(a: str, b: str) -> float:
         return rate[a] / rate[b]
 

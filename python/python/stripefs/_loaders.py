@@ -176,7 +176,11 @@ def load_safetensors(
         except OSError:
             unit, count = 1 << 20, 1
         step = max(unit * count, (MIN_READ // (unit * count) or 1) * unit * count)
-        ranges = [(a, a, b - a) for a, b in _coalesce(spans, unit) if b > a]
+        # Whole blocks (the buffer holds file offset x at x, so the extra bytes are harmless):
+        # every request is then aligned, and the daemon's ring thread runs it directly.
+        blocks = ((a // BLOCK * BLOCK, -(-b // BLOCK) * BLOCK) for a, b in spans if b > a)
+        # Past the end of the file a read is short; the buffer bounds the request.
+        ranges = [(a, a, min(b, buf.nbytes) - a) for a, b in _coalesce(blocks, unit)]
         _read_ranges(client, f, buf, ranges, step, depth or client.entries)
     out = {}
     for name, info in header.items():
