@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -146,6 +147,9 @@ def main() -> int:
     args = ap.parse_args()
     reason = missing(Path(args.stripefs_bin))
     if reason:
+        if os.environ.get("STRIPEFS_REQUIRE_FUSE") == "1":
+            print(f"STRIPEFS_REQUIRE_FUSE is set, but {reason}")
+            return 1
         print(f"loading benchmark skipped: {reason}")
         return 0
     size = args.size or (64 * MIB if args.quick else GIB)
