@@ -100,6 +100,11 @@ impl File {
     ) -> PyResult<Vec<FileRequest>> {
         self.check_open()?;
         buf.check_open()?;
+        if !Arc::ptr_eq(&buf.core.shared, &self.shared) {
+            return Err(PyValueError::new_err(
+                "the buffer and the file must come from the same client",
+            ));
+        }
         let size = size.unwrap_or(buf.len);
         if size > buf.len {
             return Err(PyValueError::new_err(format!(

@@ -252,3 +252,15 @@ def test_ring_writes(client, mount):
     assert sorted(got) == [(k, len(want) // 8) for k in range(8)]
     assert p.read_bytes() == want
     p.unlink()
+
+
+def test_a_buffer_of_another_client_is_refused(client, mount, files):
+    with stripefs.Client(str(mount.path)) as other:
+        theirs = other.alloc(4096)
+        f = client.open(str(files[1]))
+        with pytest.raises(ValueError):
+            f.read(theirs)
+        with pytest.raises(ValueError):
+            client.ring(4).prepare(f, theirs)
+        f.close()
+        theirs.close()
