@@ -6,21 +6,11 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use crate::filesystem::OpenedFile;
-
 use super::super::proto::{ACCESS_READ, ACCESS_WRITE, OpenReply, RegisterReply, Reply};
 use super::super::server::ServerShared;
-use super::handles::Registration;
+use super::handles::{FileEntry, Registration};
 use super::register::{file_of, forget_buffer_if_unused, import_buffer};
 use super::{Connection, Handled};
-
-/// A file opened through this connection for requests with buffers registered against the
-/// mount.
-pub(super) struct FileEntry {
-    pub(super) opened: OpenedFile,
-    /// [`ACCESS_READ`] | [`ACCESS_WRITE`], from the descriptor's open mode.
-    pub(super) access: u32,
-}
 
 /// `RegisterBuffer`: the buffer is attached once to every device of the mount; the handle
 /// names it in requests together with any file handle. Counts as a registration (limits).

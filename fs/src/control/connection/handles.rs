@@ -7,6 +7,8 @@ use std::sync::atomic::AtomicU64;
 
 use stripefs_mapping::{Buffer, Mapping};
 
+use crate::filesystem::OpenedFile;
+
 /// A live registration made through this connection.
 pub(super) struct Registration {
     pub(super) ino: u64,
@@ -14,6 +16,14 @@ pub(super) struct Registration {
     pub(super) buffer: Buffer,
     pub(super) access: u32,
     pub(super) requests: AtomicU64,
+}
+
+/// A file opened through this connection for requests with buffers registered against the
+/// mount.
+pub(super) struct FileEntry {
+    pub(super) opened: OpenedFile,
+    /// `ACCESS_READ` | `ACCESS_WRITE` (proto.rs), from the descriptor's open mode.
+    pub(super) access: u32,
 }
 
 /// Handles: slot index and generation, scrambled with a per-connection salt so that a handle

@@ -29,8 +29,7 @@ use stripefs_mapping::Buffer;
 
 use super::proto::{RegistrationStat, Reply};
 use super::sys::{self, PeerCred};
-use files::FileEntry;
-use handles::HandleTable;
+use handles::{FileEntry, HandleTable};
 use rings::RingThreads;
 
 /// A client connection.

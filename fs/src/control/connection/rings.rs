@@ -12,8 +12,7 @@ use parking_lot::{Condvar, Mutex};
 use super::super::ring::{Cqe, RingView, Sqe, WAITING};
 use super::super::server::ServerShared;
 use super::super::sys;
-use super::files::FileEntry;
-use super::handles::Registration;
+use super::handles::{FileEntry, Registration};
 
 pub(super) struct CqState {
     /// Our copy of cq_tail (never read back from the shared memory).
