@@ -5,11 +5,13 @@
 //! Modules: `devices` makes scratch devices, `workload` plans the points, `engines` runs
 //! each engine on a point, `stats` measures, `costs` times registration and remapping,
 //! `targets` checks the goals of issue 5, `metadata` runs the metadata sweep against btrfs
-//! (issue 11), `report` and `plot` write the results.
+//! (issue 11), `report` and `plot` write the results; `loaders` runs the loading benchmark
+//! of the Python package (`--loaders`).
 
 mod costs;
 mod devices;
 mod engines;
+mod loaders;
 mod machine;
 mod memory;
 mod metadata;
@@ -101,6 +103,18 @@ pub struct BenchArgs {
     /// Write the summary as Markdown to this file.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Run only the loading benchmark: `python/bench.py` times the Python package loading a
+    /// 1 GiB file and a multi-tensor safetensors file on a scratch mount, against the Rust
+    /// client, `numpy.fromfile` and `safetensors.numpy.load_file` on the same files
+    /// (needs `pip install ./python numpy safetensors`, root and FUSE).
+    #[arg(long)]
+    pub loaders: bool,
+    /// The loading benchmark's script [default: python/bench.py of this source tree].
+    #[arg(long, value_name = "PATH")]
+    pub loaders_script: Option<PathBuf>,
+    /// Internal: the Rust client's side of the loading benchmark (read these files whole).
+    #[arg(long, hide = true, value_name = "FILE", num_args = 1..)]
+    pub rust_load: Vec<PathBuf>,
     /// Internal: run as the client process of the cross-process engine (a JSON spec).
     #[arg(long, hide = true, value_name = "SPEC")]
     pub cross_process_client: Option<String>,
@@ -118,6 +132,12 @@ const HUGE_RESERVATION: u64 = 2 << 30;
 pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(spec) = &args.cross_process_client {
         return engines::xproc::client_main(spec);
+    }
+    if !args.rust_load.is_empty() {
+        return loaders::rust_load(&args.rust_load);
+    }
+    if args.loaders {
+        return loaders::run_script(args);
     }
     signal::install();
     let started = Instant::now();

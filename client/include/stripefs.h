@@ -14,6 +14,14 @@
  *     int64_t n = stripefs_read(c, h, 0, 0, 8 << 20);      // file offset, buffer offset, len
  *     const char *bytes = stripefs_buffer_data(b);
  *
+ * Or register the buffer once against the whole mount and open files apart: any file then
+ * reads into (or writes from) the buffer with no registration per file.
+ *
+ *     uint64_t buf, file;
+ *     stripefs_register_buffer(c, b, &buf);                 // once: one attachment per device
+ *     stripefs_open(c, fd, &file);                          // once per file
+ *     n = stripefs_read_file(c, file, buf, 0, 0, 8 << 20);  // file, buffer, offsets, len
+ *
  * Conventions: every function returns 0, a count or a byte count on success, and a negative
  * errno on failure (-ENOENT: no stripefs mount holds the path; -EBADF: unknown handle, or a
  * descriptor whose open mode does not allow the operation; -EXDEV: descriptor not on the
@@ -39,6 +47,19 @@ typedef struct stripefs_buffer stripefs_buffer;
 /* One request: move len bytes between file_offset and buffer_offset of registration handle. */
 struct stripefs_request {
     uint64_t handle;
+    uint32_t op;       /* STRIPEFS_OP_READ or STRIPEFS_OP_WRITE */
+    uint32_t reserved; /* 0 */
+    uint64_t file_offset;
+    uint64_t buffer_offset;
+    uint64_t len;
+    uint64_t tag; /* below 2^63; comes back in the completion */
+};
+
+/* One request naming a file (from stripefs_open) and a buffer (from
+ * stripefs_register_buffer): move len bytes between file_offset and buffer_offset. */
+struct stripefs_file_request {
+    uint64_t file;
+    uint64_t buffer;
     uint32_t op;       /* STRIPEFS_OP_READ or STRIPEFS_OP_WRITE */
     uint32_t reserved; /* 0 */
     uint64_t file_offset;
@@ -83,16 +104,35 @@ int stripefs_unregister(stripefs_client *client, uint64_t handle);
  * complete normally); the contents are kept. */
 int stripefs_migrate(stripefs_client *client, uint64_t handle);
 
+/* Registers buffer against the whole mount: one attachment per device, and the handle serves
+ * requests on every file opened with stripefs_open (unregister and migrate it as above). */
+int stripefs_register_buffer(stripefs_client *client, const stripefs_buffer *buffer,
+                             uint64_t *handle);
+/* Opens the file open as fd (on the mount) for requests with buffers registered against
+ * the mount; access follows fd's open mode. fd may be closed afterwards. Deleting the file
+ * closes the handle (-EBADF). */
+int stripefs_open(stripefs_client *client, int fd, uint64_t *file);
+int stripefs_close(stripefs_client *client, uint64_t file);
+
 /* Blocking single requests: bytes transferred or -errno. */
 int64_t stripefs_read(stripefs_client *client, uint64_t handle, uint64_t file_offset,
                       uint64_t buffer_offset, uint64_t len);
 int64_t stripefs_write(stripefs_client *client, uint64_t handle, uint64_t file_offset,
                        uint64_t buffer_offset, uint64_t len);
 
+int64_t stripefs_read_file(stripefs_client *client, uint64_t file, uint64_t buffer,
+                           uint64_t file_offset, uint64_t buffer_offset, uint64_t len);
+int64_t stripefs_write_file(stripefs_client *client, uint64_t file, uint64_t buffer,
+                            uint64_t file_offset, uint64_t buffer_offset, uint64_t len);
+
 /* Queues up to count requests with at most one system call; returns how many were queued
  * (fewer when the ring is full: reap, then submit the rest). */
 int stripefs_submit(stripefs_client *client, const struct stripefs_request *requests,
                     uint32_t count);
+/* The same for requests naming files and buffers; their completions come back through
+ * stripefs_wait and stripefs_poll like the others. */
+int stripefs_submit_files(stripefs_client *client, const struct stripefs_file_request *requests,
+                          uint32_t count);
 /* Sleeps on the completion doorbell until min completions are ready (or nothing is in
  * flight); stores up to max; returns how many. */
 int stripefs_wait(stripefs_client *client, struct stripefs_completion *completions,

@@ -61,6 +61,8 @@ pub enum ClientError {
     UnknownHandle { handle: u64 },
     #[error("invalid argument: {what}")]
     Invalid { what: String },
+    #[error("the request of this ticket is not in flight (its outcome was taken already)")]
+    UnknownTicket,
     #[error("buffer: {0}")]
     Buffer(#[from] MappingError),
 }
@@ -79,6 +81,7 @@ impl ClientError {
             ClientError::Disconnected => libc::ENOTCONN,
             ClientError::Busy { .. } | ClientError::BufferShared => libc::EBUSY,
             ClientError::UnknownHandle { .. } => libc::EBADF,
+            ClientError::UnknownTicket => libc::ENOENT,
             ClientError::Invalid { .. } => libc::EINVAL,
             ClientError::Buffer(e) => mapping_errno(e),
         }

@@ -1,6 +1,12 @@
 //! The C API (`include/stripefs.h`): the Rust client behind opaque pointers. Every function
 //! returns 0 (or a count, or bytes) on success and a negative errno on failure; none unwinds
 //! into C (a panic becomes `-EIO`).
+//!
+//! [`files`]: buffers and files registered apart.
+
+mod files;
+
+pub use files::CFileRequest;
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::os::fd::BorrowedFd;
@@ -365,14 +371,9 @@ pub unsafe extern "C" fn stripefs_submit(
         let raw = unsafe { std::slice::from_raw_parts(requests, count as usize) };
         let mut reqs = Vec::with_capacity(raw.len());
         for r in raw {
-            let op = match r.op {
-                1 => Op::Read,
-                2 => Op::Write,
-                _ => return -libc::EINVAL,
-            };
-            if r.reserved != 0 {
+            let Some(op) = op_of(r.op, r.reserved) else {
                 return -libc::EINVAL;
-            }
+            };
             reqs.push(Request {
                 handle: Handle::from_raw(r.handle),
                 op,
@@ -387,6 +388,15 @@ pub unsafe extern "C" fn stripefs_submit(
             Err(e) => neg(&e),
         }
     })
+}
+
+/// The direction of a C request (`STRIPEFS_OP_*`), if it is one and `reserved` is 0.
+fn op_of(op: u32, reserved: u32) -> Option<Op> {
+    match (op, reserved) {
+        (1, 0) => Some(Op::Read),
+        (2, 0) => Some(Op::Write),
+        _ => None,
+    }
 }
 
 fn collect(

@@ -35,6 +35,7 @@ mod buffer;
 mod discover;
 mod error;
 pub mod ffi;
+mod files;
 #[doc(hidden)]
 #[path = "../../fs/src/control/proto.rs"]
 pub mod proto;
@@ -44,12 +45,15 @@ pub mod ring;
 #[doc(hidden)]
 #[path = "../../fs/src/control/sys.rs"]
 pub mod sys;
+mod tickets;
 mod trust;
 
 pub use buffer::ClientBuffer;
 pub use discover::discover;
 pub use error::{ClientError, Errno};
+pub use files::{FileHandle, FileInfo, FileRequest};
 pub use proto::{DeviceStat, MigrateReply, RegistrationStat, StatReply};
+pub use tickets::{Finished, Ticket};
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -61,7 +65,7 @@ use parking_lot::{Condvar, Mutex};
 use stripefs_mapping::Memory;
 
 use proto::{Kind, RegisterReply, Reply};
-use ring::{Cqe, Layout, NEED_WAKEUP, OP_READ, OP_WRITE, RingView, Sqe, WAITING};
+use ring::{Cqe, Entry, Layout, NEED_WAKEUP, OP_READ, OP_WRITE, RingView, Sqe, WAITING};
 
 /// Tags with this bit are the client's own (blocking calls); user tags must not have it.
 const SYNC_TAG: u64 = 1 << 63;
@@ -84,7 +88,7 @@ impl Handle {
 }
 
 /// Direction of a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     /// File to buffer.
     Read,
@@ -103,6 +107,37 @@ pub struct Request {
     pub buffer_offset: u64,
     pub len: u64,
     pub tag: u64,
+}
+
+impl Request {
+    /// The ring entry of this request, tagged `tag`.
+    fn sqe(&self, tag: u64) -> Sqe {
+        Sqe {
+            handle: self.handle.0,
+            op: self.op.code(),
+            flags: 0,
+            file_offset: self.file_offset,
+            buffer_offset: self.buffer_offset,
+            len: self.len,
+            tag,
+        }
+    }
+}
+
+impl Op {
+    fn code(self) -> u32 {
+        match self {
+            Op::Read => OP_READ,
+            Op::Write => OP_WRITE,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+        }
+    }
 }
 
 /// The outcome of one request: bytes transferred (short only at end of file), or an errno.
@@ -200,6 +235,8 @@ pub struct Client {
     reaped: Mutex<Reaped>,
     progress: Condvar,
     registrations: Mutex<HashMap<u64, Registered>>,
+    /// Files opened with [`Client::open`], by handle.
+    files: Mutex<HashMap<u64, FileInfo>>,
     next_sync: AtomicU64,
 }
 
@@ -215,6 +252,9 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Unregister => "unregister",
         Kind::Migrate => "migrate",
         Kind::Stat => "stat",
+        Kind::RegisterBuffer => "register buffer",
+        Kind::OpenFile => "open file",
+        Kind::CloseFile => "close file",
     }
 }
 
@@ -415,6 +455,7 @@ impl Client {
             }),
             progress: Condvar::new(),
             registrations: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
             next_sync: AtomicU64::new(1),
         })
     }
@@ -461,34 +502,33 @@ impl Client {
             buffer.inner.registered_on.lock().push(self.id);
             Ok(reply)
         })?;
-        let Reply::Register(RegisterReply {
-            handle,
-            ino,
-            buffer_len,
-            access,
-            devices,
-        }) = reply
-        else {
+        let Reply::Register(reply) = reply else {
             return Err(ClientError::Protocol {
                 what: "register answered with another kind".into(),
             });
         };
+        Ok(self.remember(buffer, reply))
+    }
+
+    /// Records a registration the daemon made (for [`Client::registration`], migrate and
+    /// drop) and returns its handle.
+    fn remember(&self, buffer: &ClientBuffer, reply: RegisterReply) -> Handle {
         let info = RegistrationInfo {
-            handle: Handle(handle),
-            ino,
-            buffer_len,
-            readable: access & proto::ACCESS_READ != 0,
-            writable: access & proto::ACCESS_WRITE != 0,
-            devices,
+            handle: Handle(reply.handle),
+            ino: reply.ino,
+            buffer_len: reply.buffer_len,
+            readable: reply.access & proto::ACCESS_READ != 0,
+            writable: reply.access & proto::ACCESS_WRITE != 0,
+            devices: reply.devices,
         };
         self.registrations.lock().insert(
-            handle,
+            reply.handle,
             Registered {
                 buffer: buffer.clone(),
                 info,
             },
         );
-        Ok(info.handle)
+        info.handle
     }
 
     /// What registration `handle` is.
@@ -565,24 +605,19 @@ impl Client {
                 r.tag
             )));
         }
-        self.submit_sqes(requests.iter().map(|r| Sqe {
-            handle: r.handle.0,
-            op: match r.op {
-                Op::Read => OP_READ,
-                Op::Write => OP_WRITE,
-            },
-            flags: 0,
-            file_offset: r.file_offset,
-            buffer_offset: r.buffer_offset,
-            len: r.len,
-            tag: r.tag,
-        }))
+        self.submit_sqes(requests.iter().map(|r| Entry::from(r.sqe(r.tag))))
     }
 
     /// Queues raw ring entries as they are (tests of the daemon's checks).
     #[doc(hidden)]
     pub fn submit_raw(&self, sqes: &[Sqe]) -> Result<usize, ClientError> {
-        self.submit_sqes(sqes.iter().copied())
+        self.submit_sqes(sqes.iter().map(|&s| Entry::from(s)))
+    }
+
+    /// Queues whole raw ring entries, file field included (tests of the daemon's checks).
+    #[doc(hidden)]
+    pub fn submit_raw_entries(&self, entries: &[Entry]) -> Result<usize, ClientError> {
+        self.submit_sqes(entries.iter().copied())
     }
 
     /// The ring (tests that scribble on it).
@@ -597,7 +632,10 @@ impl Client {
         sys::ring_doorbell(self.sq_doorbell.as_fd());
     }
 
-    fn submit_sqes(&self, sqes: impl ExactSizeIterator<Item = Sqe>) -> Result<usize, ClientError> {
+    fn submit_sqes(
+        &self,
+        sqes: impl ExactSizeIterator<Item = Entry>,
+    ) -> Result<usize, ClientError> {
         if let Some(b) = &self.reaped.lock().broken {
             return Err(b.error());
         }
@@ -831,38 +869,16 @@ impl Client {
         buffer_offset: u64,
         len: u64,
     ) -> Result<u64, ClientError> {
-        let tag = SYNC_TAG | self.next_sync.fetch_add(1, Ordering::Relaxed);
-        let sqe = Sqe {
-            handle: handle.0,
-            op: match op {
-                Op::Read => OP_READ,
-                Op::Write => OP_WRITE,
-            },
-            flags: 0,
+        let request = Request {
+            handle,
+            op,
             file_offset,
             buffer_offset,
             len,
-            tag,
+            tag: 0,
         };
-        loop {
-            match self.submit_sqes(std::iter::once(sqe)) {
-                Ok(_) => break,
-                Err(ClientError::Busy { .. }) => {
-                    self.drive(Mode::Block, |_, in_flight| {
-                        (in_flight < self.entries).then_some(())
-                    })?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let raw = self.drive(Mode::Block, |st, _| st.sync.remove(&tag))?;
-        result_of(raw).map_err(|errno| ClientError::Refused {
-            op: match op {
-                Op::Read => "read",
-                Op::Write => "write",
-            },
-            errno,
-        })
+        let ticket = self.start_entries(std::iter::once(Entry::from(request.sqe(0))))?[0];
+        self.finish(ticket)
     }
 
     /// Reads up to `len` bytes at `file_offset` into the buffer at `buffer_offset`; returns

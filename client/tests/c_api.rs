@@ -1,6 +1,7 @@
-//! The C API through the header: the C example (`examples/read_file.c`) is compiled with `cc`
-//! against the static library and run as another process on a real mount; its output must be
-//! the file, byte for byte.
+//! The C API through the header: the C examples (`examples/read_file.c`, and
+//! `examples/cat_files.c` with one buffer for many files) are compiled with `cc` against the
+//! static library and run as other processes on a real mount; their output must be the
+//! files, byte for byte.
 
 mod common;
 
@@ -21,7 +22,7 @@ fn static_library() -> PathBuf {
     lib
 }
 
-fn compile_example(out: &Path) {
+fn compile_example(name: &str, out: &Path) {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new("cc")
         .args([
@@ -34,7 +35,7 @@ fn compile_example(out: &Path) {
             "-I",
         ])
         .arg(crate_dir.join("include"))
-        .arg(crate_dir.join("examples/read_file.c"))
+        .arg(crate_dir.join("examples").join(name))
         .arg(static_library())
         .args(["-lpthread", "-ldl", "-lm", "-o"])
         .arg(out)
@@ -52,7 +53,7 @@ fn the_c_example_reads_a_file_on_the_mount_byte_for_byte() {
     let _w = Watchdog::new("C example", Duration::from_secs(180));
     let m = Mounted::new(3, 64 * MIB, 64 << 10);
     let exe = m.dir.path().join("read_file");
-    compile_example(&exe);
+    compile_example("read_file.c", &exe);
     for (name, size) in [
         ("empty", 0usize),
         ("small", 1000),
@@ -83,4 +84,45 @@ fn the_c_example_reads_a_file_on_the_mount_byte_for_byte() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("stripefs_connect"), "{stderr}");
+}
+
+#[test]
+fn the_c_example_reads_many_files_into_one_buffer_registered_once() {
+    if common::require::skip(&[common::require::Requirement::Tool("cc")]) {
+        return;
+    }
+    require_mount!();
+    let _w = Watchdog::new("C example, many files", Duration::from_secs(180));
+    let m = Mounted::new(3, 64 * MIB, 64 << 10);
+    let exe = m.dir.path().join("cat_files");
+    compile_example("cat_files.c", &exe);
+    let sizes = [
+        0usize,
+        1000,
+        3 * MIB as usize + 7,
+        64 << 10,
+        2 * MIB as usize,
+    ];
+    let mut want = Vec::new();
+    let mut paths = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let bytes = data(50 + i as u64, size);
+        let path = m.path(&format!("c{i}"));
+        std::fs::write(&path, &bytes).expect("write through the mount");
+        want.extend_from_slice(&bytes);
+        paths.push(path);
+    }
+    let out = Command::new(&exe)
+        .args(&paths)
+        .output()
+        .expect("run the C example");
+    assert!(
+        out.status.success(),
+        "C example failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same("cat_files output", &out.stdout, &want);
+    m.wait_for_no_connections(Duration::from_secs(10));
+    assert!(m.fs.registrations().is_empty());
 }

@@ -1,7 +1,8 @@
 //! Hostile and mistaken clients: malformed control messages (a table, then a fuzz loop),
 //! wrong descriptors, another connection's handle, an fd not on the mount, a read-only fd used
-//! for a write, ring entries out of bounds, and a scribbled ring. Each gets its own error;
-//! the daemon keeps serving everyone, and nothing crashes.
+//! for a write, ring entries out of bounds, and a scribbled ring; the same for buffers and
+//! files registered apart (their messages, and ring entries naming a file). Each gets its own
+//! error; the daemon keeps serving everyone, and nothing crashes.
 
 mod common;
 
@@ -13,8 +14,10 @@ use std::time::Duration;
 
 use common::{Mounted, Watchdog, assert_same, data};
 use stripefs_client::proto::{self, Kind, REPLY};
-use stripefs_client::ring::{OP_READ, OP_WRITE, Sqe};
-use stripefs_client::{Client, ClientBuffer, ClientError, Completion, Handle, Op, Request, sys};
+use stripefs_client::ring::{Entry, OP_READ, OP_WRITE, SQE_FILE, Sqe};
+use stripefs_client::{
+    Client, ClientBuffer, ClientError, Completion, FileHandle, Handle, Op, Request, sys,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -321,6 +324,9 @@ fn fuzzed_control_messages_never_stop_the_daemon() {
         proto::Request::Unregister { handle: 1 },
         proto::Request::Migrate { handle: 1 },
         proto::Request::Stat,
+        proto::Request::RegisterBuffer { flags: 0 },
+        proto::Request::OpenFile,
+        proto::Request::CloseFile { handle: 1 },
     ]
     .iter()
     .map(|r| proto::encode_request(9, r))
@@ -561,4 +567,251 @@ fn a_scribbled_ring_closes_only_that_connection() {
     common::eventually("the scribblers' registrations are released", || {
         m.fs.registrations().is_empty()
     });
+}
+
+/// Raw control messages of buffers and files registered apart, each with its error.
+#[test]
+fn malformed_buffer_and_file_messages_each_get_their_error() {
+    require_mount!();
+    let _w = Watchdog::new("buffer and file messages", Duration::from_secs(120));
+    let m = Mounted::new(2, 32 * MIB, 64 << 10);
+    std::fs::write(m.path("f"), data(1, 100_000)).expect("write");
+    std::fs::create_dir(m.path("dir")).expect("mkdir");
+    let on_mount = File::open(m.path("f")).expect("open");
+    let dir = File::open(m.path("dir")).expect("open dir");
+    let o_path = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(m.path("f"))
+        .expect("O_PATH open");
+    let host_path = m.dir.path().join("host.txt");
+    std::fs::write(&host_path, b"not on the mount").expect("host file");
+    let host = File::open(&host_path).expect("open host file");
+    let (sealed, unsealed, huge) = (memfd(MIB, true), memfd(MIB, false), memfd(1 << 40, true));
+    let raw = Raw::connect(m.server().socket_path());
+    let flags_msg = |kind: Kind, flags: u32, reserved: u32| {
+        let mut b = flags.to_le_bytes().to_vec();
+        b.extend_from_slice(&reserved.to_le_bytes());
+        header(kind as u16, 5, &b)
+    };
+    let buffer = |flags| flags_msg(Kind::RegisterBuffer, flags, 0);
+    let open = || flags_msg(Kind::OpenFile, 0, 0);
+    let (f, d, p, h) = (on_mount.as_fd(), dir.as_fd(), o_path.as_fd(), host.as_fd());
+    let (s, u, big) = (sealed.as_fd(), unsealed.as_fd(), huge.as_fd());
+    let cases: Vec<(&str, Vec<u8>, Vec<BorrowedFd<'_>>, i32)> = vec![
+        (
+            "buffer with unknown flags",
+            buffer(4),
+            vec![s],
+            libc::EINVAL,
+        ),
+        (
+            "buffer with a reserved field set",
+            flags_msg(Kind::RegisterBuffer, 0, 1),
+            vec![s],
+            libc::EBADMSG,
+        ),
+        (
+            "buffer without a descriptor",
+            buffer(0),
+            vec![],
+            libc::EINVAL,
+        ),
+        (
+            "buffer with two descriptors",
+            buffer(0),
+            vec![s, s],
+            libc::EINVAL,
+        ),
+        ("buffer unsealed", buffer(0), vec![u], libc::EPERM),
+        ("buffer a regular file", buffer(0), vec![h], libc::EINVAL),
+        (
+            "buffer a file on the mount",
+            buffer(0),
+            vec![f],
+            libc::EINVAL,
+        ),
+        (
+            "buffer over the size limit",
+            buffer(0),
+            vec![big],
+            libc::EFBIG,
+        ),
+        (
+            "buffer body too short",
+            header(Kind::RegisterBuffer as u16, 5, &[0; 4]),
+            vec![s],
+            libc::EBADMSG,
+        ),
+        ("open without a descriptor", open(), vec![], libc::EINVAL),
+        (
+            "open with two descriptors",
+            open(),
+            vec![f, f],
+            libc::EINVAL,
+        ),
+        (
+            "open with flags",
+            flags_msg(Kind::OpenFile, 1, 0),
+            vec![f],
+            libc::EBADMSG,
+        ),
+        ("open a file not on the mount", open(), vec![h], libc::EXDEV),
+        ("open a memfd", open(), vec![s], libc::EXDEV),
+        ("open a directory", open(), vec![d], libc::EISDIR),
+        ("open an O_PATH descriptor", open(), vec![p], libc::EBADF),
+        (
+            "close an unknown file handle",
+            header(Kind::CloseFile as u16, 5, &12345u64.to_le_bytes()),
+            vec![],
+            libc::EBADF,
+        ),
+        (
+            "close with a descriptor",
+            header(Kind::CloseFile as u16, 5, &1u64.to_le_bytes()),
+            vec![f],
+            libc::EINVAL,
+        ),
+        (
+            "close body too long",
+            header(Kind::CloseFile as u16, 5, &[0; 16]),
+            vec![],
+            libc::EBADMSG,
+        ),
+    ];
+    for (name, bytes, fds, errno) in &cases {
+        let Some((_, seq, status)) = raw.ask(bytes, fds) else {
+            panic!("{name}: the daemon closed the connection");
+        };
+        assert_eq!(status, -errno, "{name}: status {status}, want -{errno}");
+        assert_eq!(seq, 5, "{name}: the reply echoes the sequence number");
+        assert!(raw.alive(), "{name}: connection no longer served");
+    }
+    // The well-formed ones work on the same connection.
+    let ok = raw.ask(&open(), &[f]).expect("open");
+    assert_eq!(ok.2, 0, "open of a file on the mount");
+    let ok = raw.ask(&buffer(0), &[s]).expect("register buffer");
+    assert_eq!(ok.2, 0, "register a sealed memfd");
+    assert!(m.fs.registrations().len() == 1);
+}
+
+/// An entry naming a file and a buffer (flag 2, the file handle at byte 48).
+fn file_sqe(buffer: Handle, file: u64, op: u32, file_offset: u64, len: u64, tag: u64) -> Entry {
+    Entry {
+        sqe: Sqe {
+            flags: SQE_FILE,
+            ..sqe(buffer, op, file_offset, 0, len, tag)
+        },
+        file,
+        reserved: 0,
+    }
+}
+
+#[test]
+fn bad_file_requests_on_the_ring_fail_alone_and_fuzzed_ones_never_stop_the_daemon() {
+    require_mount!();
+    let _w = Watchdog::new("file requests", Duration::from_secs(180));
+    let m = Mounted::new(2, 32 * MIB, 64 << 10);
+    let want = data(3, 2 * MIB as usize);
+    std::fs::write(m.path("f"), &want).expect("write");
+    let a = Client::connect(&m.mnt).expect("client a");
+    let b = Client::connect(&m.mnt).expect("client b");
+    let buffer = ClientBuffer::new(MIB).expect("buffer");
+    let read_only = File::open(m.path("f")).expect("open");
+    let ba = a.register_buffer(&buffer).expect("register buffer");
+    let fa = a.open(&read_only).expect("open").raw();
+    let ra = a
+        .register(&read_only, &buffer)
+        .expect("registration of the file");
+    let fb = b.open(&read_only).expect("open on b").raw();
+    let entries = [
+        file_sqe(ba, fa, OP_READ, 0, 4096, 0),                   // fine
+        file_sqe(ba, fa, OP_WRITE, 0, 4096, 1),                  // read-only file written
+        file_sqe(ba, fb, OP_READ, 0, 4096, 2),                   // b's file handle on a
+        file_sqe(ba, 0, OP_READ, 0, 4096, 3),                    // no file handle
+        file_sqe(Handle::from_raw(fa), fa, OP_READ, 0, 4096, 4), // a file handle as the buffer
+        file_sqe(ba, ba.raw(), OP_READ, 0, 4096, 5),             // a buffer handle as the file
+        Entry {
+            reserved: 1,
+            ..file_sqe(ba, fa, OP_READ, 0, 4096, 6) // reserved field set
+        },
+        Entry {
+            file: fa,
+            ..Entry::from(sqe(ra, OP_READ, 0, 0, 4096, 7)) // a file without the flag
+        },
+        Entry::from(sqe(ba, OP_READ, 0, 0, 4096, 8)), // a buffer without a file
+        Entry {
+            sqe: Sqe {
+                flags: SQE_FILE | 1,
+                ..sqe(ba, OP_READ, 0, 0, 4096, 9) // unknown flag beside it
+            },
+            file: fa,
+            reserved: 0,
+        },
+        file_sqe(ba, fa, OP_READ, 0, MIB + 1, 10), // past the end of the buffer
+        file_sqe(ba, fa, OP_READ, u64::MAX - 10, 20, 11), // file range overflows
+        file_sqe(ra, fa, OP_READ, 0, 4096, 12),    // the file's own registration: fine
+        file_sqe(ba, fa, OP_READ, MIB, MIB, 13),   // fine, to the last byte
+    ];
+    assert_eq!(
+        a.submit_raw_entries(&entries).expect("submit"),
+        entries.len()
+    );
+    let mut done: Vec<Completion> = Vec::new();
+    while done.len() < entries.len() {
+        a.wait(entries.len() - done.len(), &mut done).expect("wait");
+    }
+    done.sort_by_key(|c| c.tag);
+    let results: Vec<_> = done.iter().map(|c| c.result.map_err(|e| e.0)).collect();
+    assert_eq!(
+        results,
+        vec![
+            Ok(4096),
+            Err(libc::EBADF),
+            Err(libc::EBADF),
+            Err(libc::EBADF),
+            Err(libc::EBADF),
+            Err(libc::EBADF),
+            Err(libc::EINVAL),
+            Err(libc::EINVAL),
+            Err(libc::EINVAL),
+            Err(libc::EINVAL),
+            Err(libc::EFAULT),
+            Err(libc::EINVAL),
+            Ok(4096),
+            Ok(MIB),
+        ]
+    );
+    // Fuzz: random bits in valid entries; each completes (with a result or an errno).
+    let mut rng = Rng(0xF11E_5EED_0000_0007);
+    let template = file_sqe(ba, fa, OP_READ, 0, 4096, 0);
+    for round in 0..20 {
+        let batch: Vec<Entry> = (0..32u64)
+            .map(|i| {
+                let mut bytes = template.to_bytes();
+                for _ in 0..=rng.below(3) {
+                    let at = rng.below(bytes.len() as u64) as usize;
+                    bytes[at] ^= 1 << rng.below(8);
+                }
+                let mut e = Entry::from_bytes(&bytes);
+                e.sqe.tag = i;
+                e
+            })
+            .collect();
+        assert_eq!(a.submit_raw_entries(&batch).expect("submit"), batch.len());
+        let mut done = Vec::new();
+        while done.len() < batch.len() {
+            a.wait(batch.len() - done.len(), &mut done)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+    }
+    // Still served, bytes right.
+    assert_eq!(
+        a.read_file(FileHandle::from_raw(fa), ba, MIB, 0, MIB)
+            .expect("read"),
+        MIB
+    );
+    let mut got = vec![0u8; MIB as usize];
+    buffer.read_at(0, &mut got).expect("copy");
+    assert_same("after the fuzz", &got, &want[MIB as usize..]);
 }

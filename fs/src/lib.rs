@@ -8,7 +8,7 @@ pub mod fuse;
 pub mod meta;
 pub mod mount;
 
-pub use filesystem::{FileRead, Filesystem, FsError, MkfsOptions};
+pub use filesystem::{FileRead, Filesystem, FsError, MkfsOptions, OpenedFile};
 
 // The engine's modules and names, still reachable where they were before the engine had a
 // crate of its own; new code imports them from `stripefs_engine`.

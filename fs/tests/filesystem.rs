@@ -947,3 +947,94 @@ fn special_files_keep_kind_rdev_and_owner_and_refuse_data() {
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!(report.special_files, 5);
 }
+
+/// One buffer registered against the filesystem (one attachment per device) reads and
+/// writes files of different layouts, opened apart, with no registration per file; deleting
+/// a file closes its opened handles, and the mapping of the shorthand still works with the
+/// file it names.
+#[test]
+fn one_buffer_registered_against_the_filesystem_serves_every_file() {
+    let d = devices(4, 64 << 20);
+    mkfs(&d, 64 << 10);
+    let fs = Filesystem::open(&d.specs).expect("open");
+    let layouts: [&[u8]; 3] = [
+        b"stripe_unit=64K,stripe_count=2,devices=1:3",
+        b"stripe_unit=128K,stripe_count=3,devices=0:1:2",
+        b"stripe_unit=64K,stripe_count=1,devices=2",
+    ];
+    let sizes = [(3 << 20) + 1000, 100_000, 1 << 20];
+    let mut files = Vec::new();
+    for (i, layout) in layouts.iter().enumerate() {
+        let f = fs
+            .create(ROOT, name(&format!("f{i}")), 0o644, ME)
+            .expect("create");
+        fs.setxattr(
+            f.ino,
+            name("user.stripefs.layout"),
+            layout,
+            Default::default(),
+        )
+        .expect("set layout");
+        fs.write(f.ino, 0, &data(20 + i as u64, sizes[i]))
+            .expect("write");
+        files.push(f.ino);
+    }
+    let buffer = Buffer::new(8 << 20).expect("buffer");
+    let mapping = fs.register_buffer(&buffer).expect("register the buffer");
+    assert_eq!(mapping.device_count(), 4, "one attachment per device");
+    assert_eq!(fs.registered_file(&mapping).expect("registered"), 0);
+    // Without a file, the mapping names nothing to read.
+    assert!(matches!(
+        fs.read_registered(&mapping, 0, 0, 4096),
+        Err(FsError::Invalid { .. })
+    ));
+    let opened: Vec<_> = files
+        .iter()
+        .map(|&ino| fs.open_registered(ino).expect("open for registered I/O"))
+        .collect();
+    let mut at = 0u64;
+    for (i, f) in opened.iter().enumerate() {
+        // Aligned for the first two (direct), unaligned for the last (bounced).
+        let start = if i == 2 { at + 100 } else { at };
+        let n = fs
+            .read_file(&mapping, f, 0, start, sizes[i] as u64)
+            .expect("read");
+        assert_eq!(n, sizes[i] as u64);
+        let mut got = vec![0u8; sizes[i]];
+        buffer.read_at(start, &mut got).expect("copy");
+        assert!(got == data(20 + i as u64, sizes[i]), "file {i}");
+        at = (start + n).next_multiple_of(4096);
+    }
+    assert_eq!(
+        fs.registrations().len(),
+        1,
+        "one registration for every file"
+    );
+    // A write through the filesystem-wide mapping, read back through POSIX.
+    buffer.write_at(0, &data(99, 2 << 20)).expect("fill");
+    fs.write_file(&mapping, &opened[1], 4096, 0, 2 << 20)
+        .expect("write");
+    let back = fs.read(files[1], 4096, 2 << 20).expect("read back");
+    assert!(back == data(99, 2 << 20));
+    // The shorthand's mapping works with the file it names, not with another.
+    let own = fs.register(files[0], &buffer).expect("register file 0");
+    assert!(fs.read_file(&own, &opened[0], 0, 0, 4096).is_ok());
+    assert!(matches!(
+        fs.read_file(&own, &opened[1], 0, 0, 4096),
+        Err(FsError::UnknownMapping { .. })
+    ));
+    // Closed, or deleted: requests naming the file fail; the buffer's mapping lives on.
+    fs.close_registered(&opened[2]).expect("close");
+    assert!(matches!(
+        fs.read_file(&mapping, &opened[2], 0, 0, 4096),
+        Err(FsError::UnknownFile { .. })
+    ));
+    fs.unlink(ROOT, name("f1")).expect("unlink");
+    assert!(matches!(
+        fs.read_file(&mapping, &opened[1], 0, 0, 4096),
+        Err(FsError::UnknownFile { .. })
+    ));
+    assert!(fs.read_file(&mapping, &opened[0], 0, 0, 4096).is_ok());
+    fs.unregister(&mapping).expect("unregister");
+    assert!(fs.read_file(&mapping, &opened[0], 0, 0, 4096).is_err());
+}

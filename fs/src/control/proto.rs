@@ -20,11 +20,15 @@
 //! `status: i32` (0, or a negative errno) and a reserved `u32`, followed, on success, by the
 //! kind's payload. Unknown flags and non-zero reserved fields are refused, so that later
 //! versions can give them a meaning.
+//!
+//! Version 2 registers buffers and files apart ([`Kind::RegisterBuffer`], [`Kind::OpenFile`],
+//! [`Kind::CloseFile`]) and grows the ring entries to name a file besides the buffer
+//! (see `ring.rs`); a version-1 peer is refused with EPROTONOSUPPORT.
 
 /// `"SFSC"` read as a little-endian `u32`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SFSC");
 /// Protocol version spoken by this build.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Length of the message header.
 pub const HEADER_LEN: usize = 16;
 /// Longest message either side sends (a stat reply with every list full fits).
@@ -91,6 +95,14 @@ pub enum Kind {
     Migrate = 4,
     /// Device counters and live registrations.
     Stat = 5,
+    /// Register a buffer (descriptor 0) against the whole mount: one attachment per device,
+    /// usable with every file opened with [`Kind::OpenFile`].
+    RegisterBuffer = 6,
+    /// Open a file (descriptor 0, opened on the mount) for requests with buffers registered
+    /// against the mount; access follows the descriptor's open mode.
+    OpenFile = 7,
+    /// Close a file handle.
+    CloseFile = 8,
 }
 
 impl Kind {
@@ -102,6 +114,9 @@ impl Kind {
             3 => Kind::Unregister,
             4 => Kind::Migrate,
             5 => Kind::Stat,
+            6 => Kind::RegisterBuffer,
+            7 => Kind::OpenFile,
+            8 => Kind::CloseFile,
             _ => return None,
         })
     }
@@ -110,8 +125,8 @@ impl Kind {
     pub fn request_fds(self) -> usize {
         match self {
             Kind::Register => 2,
-            Kind::Migrate => 1,
-            Kind::Hello | Kind::Unregister | Kind::Stat => 0,
+            Kind::Migrate | Kind::RegisterBuffer | Kind::OpenFile => 1,
+            Kind::Hello | Kind::Unregister | Kind::Stat | Kind::CloseFile => 0,
         }
     }
 
@@ -126,7 +141,13 @@ impl Kind {
     fn request_body(self) -> usize {
         match self {
             Kind::Hello => 16,
-            Kind::Register | Kind::Unregister | Kind::Migrate | Kind::Stat => 8,
+            Kind::Register
+            | Kind::Unregister
+            | Kind::Migrate
+            | Kind::Stat
+            | Kind::RegisterBuffer
+            | Kind::OpenFile
+            | Kind::CloseFile => 8,
         }
     }
 }
@@ -152,6 +173,14 @@ pub enum Request {
         handle: u64,
     },
     Stat,
+    /// `flags`: [`REGISTER_DMABUF`] or 0.
+    RegisterBuffer {
+        flags: u32,
+    },
+    OpenFile,
+    CloseFile {
+        handle: u64,
+    },
 }
 
 impl Request {
@@ -163,6 +192,9 @@ impl Request {
             Request::Unregister { .. } => Kind::Unregister,
             Request::Migrate { .. } => Kind::Migrate,
             Request::Stat => Kind::Stat,
+            Request::RegisterBuffer { .. } => Kind::RegisterBuffer,
+            Request::OpenFile => Kind::OpenFile,
+            Request::CloseFile { .. } => Kind::CloseFile,
         }
     }
 }
@@ -192,6 +224,17 @@ pub struct RegisterReply {
     pub access: u32,
     /// Devices the registration is attached to.
     pub devices: u32,
+}
+
+/// The answer to a successful OpenFile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenReply {
+    /// Opaque; valid only on this connection.
+    pub handle: u64,
+    /// The file's inode number.
+    pub ino: u64,
+    /// [`ACCESS_READ`] | [`ACCESS_WRITE`], from the descriptor's open mode.
+    pub access: u32,
 }
 
 /// The answer to a successful Migrate.
@@ -254,6 +297,10 @@ pub enum Reply {
     Unregister,
     Migrate(MigrateReply),
     Stat(StatReply),
+    /// Same fields as a Register reply; `ino` is 0 (every file of the mount).
+    RegisterBuffer(RegisterReply),
+    OpenFile(OpenReply),
+    CloseFile,
 }
 
 impl Reply {
@@ -265,6 +312,9 @@ impl Reply {
             Reply::Unregister => Kind::Unregister,
             Reply::Migrate(_) => Kind::Migrate,
             Reply::Stat(_) => Kind::Stat,
+            Reply::RegisterBuffer(_) => Kind::RegisterBuffer,
+            Reply::OpenFile(_) => Kind::OpenFile,
+            Reply::CloseFile => Kind::CloseFile,
         }
     }
 }
@@ -508,12 +558,14 @@ pub fn encode_request(seq: u32, request: &Request) -> Vec<u8> {
             w.u32(0); // flags
             w.u32(0);
         }
-        Request::Register { flags } => {
+        Request::Register { flags } | Request::RegisterBuffer { flags } => {
             w.u32(flags);
             w.u32(0);
         }
-        Request::Unregister { handle } | Request::Migrate { handle } => w.u64(handle),
-        Request::Stat => w.u64(0),
+        Request::Unregister { handle }
+        | Request::Migrate { handle }
+        | Request::CloseFile { handle } => w.u64(handle),
+        Request::Stat | Request::OpenFile => w.u64(0),
     }
     w.finish()
 }
@@ -547,17 +599,21 @@ pub fn decode_request(packet: &[u8]) -> Result<(Header, Request), DecodeError> {
                 workers,
             }
         }
-        Kind::Register => {
-            let flags = r.u32();
-            if flags & !REGISTER_DMABUF != 0 {
-                return Err(DecodeError::Flags {
-                    field: "register flags",
-                    value: flags,
-                });
-            }
-            r.reserved32("register reserved")?;
-            Request::Register { flags }
+        Kind::Register => Request::Register {
+            flags: register_flags(&mut r, ("register flags", "register reserved"))?,
+        },
+        Kind::RegisterBuffer => Request::RegisterBuffer {
+            flags: register_flags(
+                &mut r,
+                ("register buffer flags", "register buffer reserved"),
+            )?,
+        },
+        Kind::OpenFile => {
+            r.reserved32("open file flags")?;
+            r.reserved32("open file reserved")?;
+            Request::OpenFile
         }
+        Kind::CloseFile => Request::CloseFile { handle: r.u64() },
         Kind::Unregister => Request::Unregister { handle: r.u64() },
         Kind::Migrate => Request::Migrate { handle: r.u64() },
         Kind::Stat => {
@@ -567,6 +623,23 @@ pub fn decode_request(packet: &[u8]) -> Result<(Header, Request), DecodeError> {
         }
     };
     Ok((header, request))
+}
+
+/// The flags and reserved word of a Register or RegisterBuffer body (`fields`: their names
+/// in errors).
+fn register_flags(
+    r: &mut Reader<'_>,
+    fields: (&'static str, &'static str),
+) -> Result<u32, DecodeError> {
+    let flags = r.u32();
+    if flags & !REGISTER_DMABUF != 0 {
+        return Err(DecodeError::Flags {
+            field: fields.0,
+            value: flags,
+        });
+    }
+    r.reserved32(fields.1)?;
+    Ok(flags)
 }
 
 fn put_name(w: &mut Writer, name: &str) {
@@ -596,14 +669,20 @@ pub fn encode_reply(kind: u16, seq: u32, reply: Result<&Reply, i32>) -> Vec<u8> 
                     w.u32(h.sq_entries);
                     w.u32(h.cq_entries);
                 }
-                Reply::Register(r) => {
+                Reply::Register(r) | Reply::RegisterBuffer(r) => {
                     w.u64(r.handle);
                     w.u64(r.ino);
                     w.u64(r.buffer_len);
                     w.u32(r.access);
                     w.u32(r.devices);
                 }
-                Reply::Unregister => {}
+                Reply::Unregister | Reply::CloseFile => {}
+                Reply::OpenFile(o) => {
+                    w.u64(o.handle);
+                    w.u64(o.ino);
+                    w.u32(o.access);
+                    w.u32(0);
+                }
                 Reply::Migrate(m) => {
                     w.u64(m.drain_ns);
                     w.u64(m.copy_ns);
@@ -705,19 +784,44 @@ pub fn decode_reply(
                 cq_entries: r.u32(),
             })
         }
-        Kind::Register => {
+        Kind::Register | Kind::RegisterBuffer => {
             expect(32)?;
-            Reply::Register(RegisterReply {
+            let reply = RegisterReply {
                 handle: r.u64(),
                 ino: r.u64(),
                 buffer_len: r.u64(),
                 access: r.u32(),
                 devices: r.u32(),
-            })
+            };
+            if asked == Kind::Register {
+                Reply::Register(reply)
+            } else {
+                Reply::RegisterBuffer(reply)
+            }
         }
         Kind::Unregister => {
             expect(0)?;
             Reply::Unregister
+        }
+        Kind::CloseFile => {
+            expect(0)?;
+            Reply::CloseFile
+        }
+        Kind::OpenFile => {
+            expect(24)?;
+            let o = OpenReply {
+                handle: r.u64(),
+                ino: r.u64(),
+                access: r.u32(),
+            };
+            r.reserved32("open file reply reserved")?;
+            if o.access & !(ACCESS_READ | ACCESS_WRITE) != 0 || o.access == 0 {
+                return Err(DecodeError::Flags {
+                    field: "open file access",
+                    value: o.access,
+                });
+            }
+            Reply::OpenFile(o)
         }
         Kind::Migrate => {
             expect(32)?;
@@ -828,6 +932,9 @@ mod tests {
             Request::Unregister { handle: u64::MAX },
             Request::Migrate { handle: 7 },
             Request::Stat,
+            Request::RegisterBuffer { flags: 0 },
+            Request::OpenFile,
+            Request::CloseFile { handle: 3 },
         ];
         for (seq, req) in all.iter().enumerate() {
             let bytes = encode_request(seq as u32, req);
@@ -885,6 +992,19 @@ mod tests {
                 mappings: 1,
             }),
             Reply::Stat(stat),
+            Reply::RegisterBuffer(RegisterReply {
+                handle: 8,
+                ino: 0,
+                buffer_len: 1 << 20,
+                access: 3,
+                devices: 4,
+            }),
+            Reply::OpenFile(OpenReply {
+                handle: 9,
+                ino: 12,
+                access: ACCESS_READ,
+            }),
+            Reply::CloseFile,
         ];
         for reply in &all {
             let bytes = encode_reply(reply.kind() as u16, 9, Ok(reply));
@@ -922,5 +1042,69 @@ mod tests {
             b[bit / 8] ^= 1 << (bit % 8);
             let _ = decode_request(&b);
         }
+    }
+}
+
+#[cfg(test)]
+mod v2_tests {
+    use super::*;
+
+    #[test]
+    fn new_requests_check_their_flags_and_reserved_fields() {
+        let mut bytes = encode_request(1, &Request::RegisterBuffer { flags: 0 });
+        bytes[HEADER_LEN] = 4;
+        assert_eq!(
+            decode_request(&bytes),
+            Err(DecodeError::Flags {
+                field: "register buffer flags",
+                value: 4
+            })
+        );
+        let mut bytes = encode_request(1, &Request::OpenFile);
+        bytes[HEADER_LEN + 5] = 1;
+        assert_eq!(
+            decode_request(&bytes),
+            Err(DecodeError::Reserved {
+                field: "open file reserved"
+            })
+        );
+        let mut bytes = encode_request(1, &Request::CloseFile { handle: 1 });
+        bytes.push(0);
+        let n = bytes.len() as u32;
+        bytes[12..16].copy_from_slice(&n.to_le_bytes());
+        assert_eq!(
+            decode_request(&bytes),
+            Err(DecodeError::BodySize {
+                kind: Kind::CloseFile as u16,
+                expected: 8,
+                actual: 9
+            })
+        );
+    }
+
+    #[test]
+    fn version_1_peers_are_refused_by_name() {
+        let mut bytes = encode_request(1, &Request::OpenFile);
+        bytes[4..6].copy_from_slice(&1u16.to_le_bytes());
+        let e = decode_request(&bytes).expect_err("version 1");
+        assert_eq!(e, DecodeError::BadVersion { version: 1 });
+        assert_eq!(e.errno(), libc::EPROTONOSUPPORT);
+    }
+
+    #[test]
+    fn an_open_reply_with_impossible_access_is_refused() {
+        let reply = Reply::OpenFile(OpenReply {
+            handle: 1,
+            ino: 2,
+            access: 8,
+        });
+        let bytes = encode_reply(Kind::OpenFile as u16, 1, Ok(&reply));
+        assert_eq!(
+            decode_reply(&bytes, Kind::OpenFile),
+            Err(DecodeError::Flags {
+                field: "open file access",
+                value: 8
+            })
+        );
     }
 }

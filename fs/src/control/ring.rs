@@ -32,8 +32,8 @@ use stripefs_mapping::Memory;
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"SFSR");
 /// Largest ring (entries of the submission or the completion queue).
 pub const MAX_ENTRIES: u32 = 4096;
-/// Bytes of one submission entry.
-pub const SQE_LEN: usize = 48;
+/// Bytes of one submission entry (an [`Sqe`] and its [`Entry`] extension).
+pub const SQE_LEN: usize = 64;
 /// Bytes of one completion entry.
 pub const CQE_LEN: usize = 16;
 /// In `sq_flags`: the daemon is going to sleep; ring the submission doorbell after publishing.
@@ -46,6 +46,11 @@ pub const WAITING: u32 = 1;
 pub const OP_READ: u32 = 1;
 /// Request operation: write from the buffer to the file.
 pub const OP_WRITE: u32 = 2;
+/// Request flag: `handle` names a buffer registered against the mount and [`Entry::file`] a
+/// file handle (without it, `handle` names a registration of one file and `file` is 0).
+pub const SQE_FILE: u32 = 2;
+/// Version of the ring layout (in its header).
+pub const RING_VERSION: u32 = 2;
 
 const SQ_HEAD: usize = 128;
 const SQ_TAIL: usize = 192;
@@ -98,6 +103,8 @@ impl Layout {
 /// | 24 | `buffer_offset: u64` |
 /// | 32 | `len: u64` |
 /// | 40 | `tag: u64` (returned in the completion) |
+/// | 48 | `file: u64` (a file handle with [`SQE_FILE`], else 0) |
+/// | 56 | reserved `u64` (0) |
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sqe {
     pub handle: u64,
@@ -107,6 +114,24 @@ pub struct Sqe {
     pub buffer_offset: u64,
     pub len: u64,
     pub tag: u64,
+}
+
+/// A whole submission entry: the request and the file it names when [`SQE_FILE`] is set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub sqe: Sqe,
+    pub file: u64,
+    pub reserved: u64,
+}
+
+impl From<Sqe> for Entry {
+    fn from(sqe: Sqe) -> Entry {
+        Entry {
+            sqe,
+            file: 0,
+            reserved: 0,
+        }
+    }
 }
 
 fn le64(b: &[u8], at: usize) -> u64 {
@@ -121,7 +146,25 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(v)
 }
 
+impl Entry {
+    pub fn to_bytes(&self) -> [u8; SQE_LEN] {
+        let mut b = self.sqe.to_bytes();
+        b[48..56].copy_from_slice(&self.file.to_le_bytes());
+        b[56..64].copy_from_slice(&self.reserved.to_le_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; SQE_LEN]) -> Entry {
+        Entry {
+            sqe: Sqe::from_bytes(b),
+            file: le64(b, 48),
+            reserved: le64(b, 56),
+        }
+    }
+}
+
 impl Sqe {
+    /// The entry's bytes, with no file named.
     pub fn to_bytes(&self) -> [u8; SQE_LEN] {
         let mut b = [0u8; SQE_LEN];
         b[0..8].copy_from_slice(&self.handle.to_le_bytes());
@@ -134,6 +177,7 @@ impl Sqe {
         b
     }
 
+    /// The request part of an entry's bytes.
     pub fn from_bytes(b: &[u8; SQE_LEN]) -> Sqe {
         Sqe {
             handle: le64(b, 0),
@@ -203,7 +247,7 @@ impl RingView {
     pub fn write_header(&self) {
         let mut h = [0u8; 32];
         h[0..4].copy_from_slice(&RING_MAGIC.to_le_bytes());
-        h[4..8].copy_from_slice(&1u32.to_le_bytes());
+        h[4..8].copy_from_slice(&RING_VERSION.to_le_bytes());
         h[8..12].copy_from_slice(&self.layout.sq_entries.to_le_bytes());
         h[12..16].copy_from_slice(&self.layout.cq_entries.to_le_bytes());
         h[16..24].copy_from_slice(&(self.layout.sqes as u64).to_le_bytes());
@@ -263,17 +307,17 @@ impl RingView {
 
     /// Copies submission entry `index` out of the ring (the copy is then checked, never the
     /// shared bytes, which may change under us).
-    pub fn read_sqe(&self, index: u32) -> Sqe {
+    pub fn read_sqe(&self, index: u32) -> Entry {
         // SAFETY: the pointer is inside the mapping (see sqe_ptr); a byte array has no
         // alignment or validity requirement, and a volatile copy tolerates concurrent writes
         // by the other process.
-        Sqe::from_bytes(&unsafe { self.sqe_ptr(index).read_volatile() })
+        Entry::from_bytes(&unsafe { self.sqe_ptr(index).read_volatile() })
     }
 
     /// Writes submission entry `index`.
-    pub fn write_sqe(&self, index: u32, sqe: &Sqe) {
+    pub fn write_sqe(&self, index: u32, entry: &Entry) {
         // SAFETY: as in read_sqe.
-        unsafe { self.sqe_ptr(index).write_volatile(sqe.to_bytes()) };
+        unsafe { self.sqe_ptr(index).write_volatile(entry.to_bytes()) };
     }
 
     /// Copies completion entry `index` out of the ring.

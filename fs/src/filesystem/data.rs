@@ -1,11 +1,12 @@
 //! The file data path: resolving file ranges through the layout and the extents, the POSIX
-//! read/write/truncate path through bounce buffers, and registered I/O against files.
+//! read/write/truncate path through bounce buffers, and the pieces registered I/O
+//! (`registered.rs`) is made of.
 
-use stripefs_engine::plan::{self as engine, FanOut, Merged, Piece, Urgent};
-use stripefs_engine::{Error, IoContext, Op};
+use stripefs_engine::plan::{self as engine, FanOut, Merged, Piece};
+use stripefs_engine::{Error, Op};
 use stripefs_layout::FileOffset;
 use stripefs_layout::ondisk::{InodeKind, Record};
-use stripefs_mapping::{Buffer, Mapping};
+use stripefs_mapping::Mapping;
 
 use super::bounce::BOUNCE_SIZE;
 use super::error::FsError;
@@ -46,7 +47,7 @@ impl FilePiece {
 
 /// Which attachment of a mapping serves a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum AttachBy {
+pub(super) enum AttachBy {
     /// Bounce buffers: attached to every device, attachment `i` is device `i`.
     Device,
     /// File registrations: attached to the file's layout, attachment `i` is column `i`.
@@ -56,9 +57,9 @@ enum AttachBy {
 /// A range of a mapping's buffer.
 #[derive(Clone, Copy)]
 pub(super) struct Target<'a> {
-    mapping: &'a Mapping,
-    by: AttachBy,
-    offset: u64,
+    pub(super) mapping: &'a Mapping,
+    pub(super) by: AttachBy,
+    pub(super) offset: u64,
 }
 
 pub(super) fn round_down(x: u64) -> u64 {
@@ -125,7 +126,13 @@ impl Filesystem {
     }
 
     /// Issues the device commands (one batch per device) and zero fills of a transfer.
-    fn plan(&self, fan: &mut FanOut<'_>, op: Op, pieces: &[FilePiece], target: Target<'_>) {
+    pub(super) fn plan(
+        &self,
+        fan: &mut FanOut<'_>,
+        op: Op,
+        pieces: &[FilePiece],
+        target: Target<'_>,
+    ) {
         for (index, device) in self.devices.iter().enumerate() {
             let mut attachment = None;
             let stored = pieces.iter().filter(|p| p.device == index).filter_map(|p| {
@@ -152,7 +159,13 @@ impl Filesystem {
     }
 
     /// Reads the block-aligned file range `a0..a1` into `target`.
-    fn read_aligned(&self, ino: u64, a0: u64, a1: u64, target: Target<'_>) -> Result<(), FsError> {
+    pub(super) fn read_aligned(
+        &self,
+        ino: u64,
+        a0: u64,
+        a1: u64,
+        target: Target<'_>,
+    ) -> Result<(), FsError> {
         let pieces = resolve(&self.meta.read(), ino, a0, a1 - a0)?;
         self.transfer(Op::Read, &pieces, target)
     }
@@ -161,7 +174,7 @@ impl Filesystem {
     /// Once the data is on the devices, one change records the new extents together with
     /// the file's new size (at least `grow_to`, when given) and times, so that no crash can
     /// leave extents past the end of the file or a size whose blocks are not recorded.
-    fn write_aligned(
+    pub(super) fn write_aligned(
         &self,
         ino: u64,
         (a0, a1): (u64, u64),
@@ -379,7 +392,7 @@ impl Filesystem {
     /// blocks); with `grow`, the file grows to cover each piece as it is written. With
     /// `tail` (the POSIX write path), a partial first block that is the kept one is taken
     /// from it rather than read, and the partial last block written is kept (see `tail`).
-    fn write_bounced(
+    pub(super) fn write_bounced(
         &self,
         ino: u64,
         offset: u64,
@@ -426,217 +439,6 @@ impl Filesystem {
         }
         Ok(())
     }
-
-    // ----- registered I/O against files -----
-
-    /// Registers `buffer` against file `ino`: the file's devices (its layout, in column
-    /// order) each attach it; one mapping stands for all of them.
-    pub fn register(&self, ino: u64, buffer: &Buffer) -> Result<Mapping, FsError> {
-        let devices: Vec<u16> = {
-            let meta = self.meta.read();
-            let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-            if inode.record.kind != InodeKind::File {
-                return Err(FsError::invalid("only regular files can be registered"));
-            }
-            inode
-                .record
-                .layout
-                .as_ref()
-                .map(|l| l.devices.clone())
-                .unwrap_or_default()
-        };
-        let importers = devices
-            .iter()
-            .map(|&d| {
-                self.devices
-                    .get(usize::from(d))
-                    .map(crate::device::DeviceQueue::importer)
-                    .ok_or(FsError::Corrupt {
-                        device: format!("#{d}"),
-                        what: format!("inode {ino} names a device the filesystem does not have"),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mapping = Mapping::register(buffer, self.id, importers).map_err(Error::from)?;
-        self.registrations
-            .insert(mapping.id(), (ino, mapping.clone()));
-        Ok(mapping)
-    }
-
-    /// Unregisters a mapping of this filesystem.
-    pub fn unregister(&self, mapping: &Mapping) -> Result<(), FsError> {
-        match self.registrations.remove(&mapping.id()) {
-            Some((_, (_, m))) => {
-                m.revoke();
-                Ok(())
-            }
-            None => Err(FsError::UnknownMapping {
-                mapping: mapping.id(),
-            }),
-        }
-    }
-
-    /// The file a mapping is registered against.
-    pub fn registered_file(&self, mapping: &Mapping) -> Result<u64, FsError> {
-        self.registrations
-            .get(&mapping.id())
-            .map(|r| r.value().0)
-            .ok_or(FsError::UnknownMapping {
-                mapping: mapping.id(),
-            })
-    }
-
-    /// Number of live registrations (for `stat`).
-    pub fn registrations(&self) -> Vec<(u64, u64)> {
-        self.registrations
-            .iter()
-            .map(|r| (*r.key(), r.value().0))
-            .collect()
-    }
-
-    /// Reads up to `len` bytes at file `offset` into the mapping's buffer at `buffer_offset`;
-    /// returns the bytes read (short at end of file). Block-aligned middles go straight from
-    /// the devices into the buffer; unaligned heads and tails go through a bounce buffer.
-    pub fn read_registered(
-        &self,
-        mapping: &Mapping,
-        offset: u64,
-        buffer_offset: u64,
-        len: u64,
-    ) -> Result<u64, FsError> {
-        let ino = self.registered_file(mapping)?;
-        check_buffer(mapping, buffer_offset, len)?;
-        let lock = self.data_lock(ino);
-        let _shared = lock.read();
-        let size = self.file_size(ino)?;
-        let n = len.min(size.saturating_sub(offset));
-        if n == 0 {
-            return Ok(0);
-        }
-        let buffer = mapping.buffer();
-        for part in split(offset, buffer_offset, n) {
-            if part.direct {
-                let target = Target {
-                    mapping,
-                    by: AttachBy::Column,
-                    offset: part.buffer_offset,
-                };
-                self.read_aligned(ino, part.offset, part.offset + part.len, target)?;
-            } else {
-                let mut bytes = vec![0u8; part.len as usize];
-                self.read_bounced(ino, part.offset, &mut bytes)?;
-                buffer
-                    .write_at(part.buffer_offset, &bytes)
-                    .map_err(Error::from)?;
-            }
-        }
-        Ok(n)
-    }
-
-    /// Starts a registered read on `ctx` and returns at once: the asynchronous form of
-    /// [`Filesystem::read_registered`], for keeping many reads of a file in flight from one
-    /// thread. The completion (tagged `tag`) reports the bytes read, short at end of file.
-    ///
-    /// The block-aligned middle goes from the devices into the buffer while this returns;
-    /// an unaligned head or tail (and a request whose file and buffer offsets differ modulo
-    /// the block) is read through a bounce buffer before this returns. Until the completion,
-    /// the file's blocks cannot move (truncates and writes of the file wait).
-    pub fn submit_read(
-        &self,
-        ctx: &mut IoContext,
-        mapping: &Mapping,
-        read: FileRead,
-    ) -> Result<(), FsError> {
-        let FileRead {
-            offset,
-            buffer_offset,
-            len,
-            tag,
-        } = read;
-        let ino = self.registered_file(mapping)?;
-        check_buffer(mapping, buffer_offset, len)?;
-        if ctx.in_flight() >= ctx.depth() {
-            return Err(Error::ContextFull { depth: ctx.depth() }.into());
-        }
-        let lock = self.data_lock(ino);
-        let hold = match lock.try_read_arc() {
-            Some(hold) => hold,
-            None => {
-                // A writer holds or waits for the lock. It may be waiting for reads of this
-                // thread still in flight, which this thread cannot collect while it blocks:
-                // the devices' reapers do, meanwhile.
-                let _urgent = Urgent::new(&self.devices);
-                lock.read_arc()
-            }
-        };
-        let size = self.file_size(ino)?;
-        let n = len.min(size.saturating_sub(offset));
-        let mut direct = None;
-        for part in split(offset, buffer_offset, n) {
-            if part.direct {
-                direct = Some(part);
-            } else {
-                let mut bytes = vec![0u8; part.len as usize];
-                self.read_bounced(ino, part.offset, &mut bytes)?;
-                mapping
-                    .buffer()
-                    .write_at(part.buffer_offset, &bytes)
-                    .map_err(Error::from)?;
-            }
-        }
-        let pieces = match direct {
-            Some(part) => resolve(&self.meta.read(), ino, part.offset, part.len)?,
-            None => Vec::new(),
-        };
-        let target = Target {
-            mapping,
-            by: AttachBy::Column,
-            offset: direct.map_or(0, |p| p.buffer_offset),
-        };
-        ctx.submit_with(mapping, Op::Read, tag, n, Some(hold), |fan| {
-            self.plan(fan, Op::Read, &pieces, target)
-        })?;
-        Ok(())
-    }
-
-    /// Writes `len` bytes from the mapping's buffer at `buffer_offset` to file `offset`,
-    /// allocating and extending as needed; returns `len`.
-    pub fn write_registered(
-        &self,
-        mapping: &Mapping,
-        offset: u64,
-        buffer_offset: u64,
-        len: u64,
-    ) -> Result<u64, FsError> {
-        let ino = self.registered_file(mapping)?;
-        check_buffer(mapping, buffer_offset, len)?;
-        check_range(offset, len)?;
-        {
-            let lock = self.data_lock(ino);
-            let _exclusive = lock.write();
-            self.file_size(ino)?;
-            let buffer = mapping.buffer();
-            for part in split(offset, buffer_offset, len) {
-                if part.direct {
-                    let target = Target {
-                        mapping,
-                        by: AttachBy::Column,
-                        offset: part.buffer_offset,
-                    };
-                    let end = part.offset + part.len;
-                    self.write_aligned(ino, (part.offset, end), target, Some(end))?;
-                } else {
-                    let mut bytes = vec![0u8; part.len as usize];
-                    buffer
-                        .read_at(part.buffer_offset, &mut bytes)
-                        .map_err(Error::from)?;
-                    self.write_bounced(ino, part.offset, &bytes, true, None)?;
-                }
-            }
-        }
-        self.invalidate(ino);
-        Ok(len)
-    }
 }
 
 /// The records of new extents, as (column, device, extent).
@@ -651,16 +453,6 @@ pub(super) fn extent_records(ino: u64, fresh: &[(usize, usize, Extent)]) -> Vec<
             len: e.len,
         })
         .collect()
-}
-
-/// A registered read of a file: `len` bytes at file `offset` into the mapping's buffer at
-/// `buffer_offset`; `tag` comes back in the completion.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileRead {
-    pub offset: u64,
-    pub buffer_offset: u64,
-    pub len: u64,
-    pub tag: u64,
 }
 
 /// One bounce-buffer load of a bounced transfer: the bytes `w0..w1`, inside the
@@ -716,7 +508,7 @@ pub(super) fn check_range(offset: u64, len: u64) -> Result<u64, FsError> {
     }
 }
 
-fn check_buffer(mapping: &Mapping, buffer_offset: u64, len: u64) -> Result<(), FsError> {
+pub(super) fn check_buffer(mapping: &Mapping, buffer_offset: u64, len: u64) -> Result<(), FsError> {
     let buffer_len = mapping.buffer_len();
     if buffer_offset
         .checked_add(len)
@@ -735,16 +527,16 @@ fn check_buffer(mapping: &Mapping, buffer_offset: u64, len: u64) -> Result<(), F
 /// A part of a registered request: direct (block-aligned in the file and in the buffer) or
 /// bounced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Part {
-    offset: u64,
-    buffer_offset: u64,
-    len: u64,
-    direct: bool,
+pub(super) struct Part {
+    pub(super) offset: u64,
+    pub(super) buffer_offset: u64,
+    pub(super) len: u64,
+    pub(super) direct: bool,
 }
 
 /// Splits a request into an unaligned head, a block-aligned middle and an unaligned tail.
 /// When file and buffer offsets are not congruent modulo the block, all of it is bounced.
-fn split(offset: u64, buffer_offset: u64, len: u64) -> Vec<Part> {
+pub(super) fn split(offset: u64, buffer_offset: u64, len: u64) -> Vec<Part> {
     let end = offset + len;
     let part = |from: u64, to: u64, direct| Part {
         offset: from,

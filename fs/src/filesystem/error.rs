@@ -39,6 +39,8 @@ pub enum FsError {
     NotSupported { what: &'static str },
     #[error("mapping {mapping} is not a registration of a file of this filesystem")]
     UnknownMapping { mapping: u64 },
+    #[error("opened file {file} is closed, or the file was deleted")]
+    UnknownFile { file: u64 },
     #[error("a FIFO, socket or device node is opened by the kernel, not through the filesystem")]
     SpecialFile,
     #[error("no data at or after offset {offset} (file size {size})")]
@@ -83,7 +85,7 @@ impl FsError {
             FsError::MetadataFull { .. } => libc::ENOSPC,
             FsError::NoXattr => libc::ENODATA,
             FsError::NotSupported { .. } => libc::EOPNOTSUPP,
-            FsError::UnknownMapping { .. } => libc::EBADF,
+            FsError::UnknownMapping { .. } | FsError::UnknownFile { .. } => libc::EBADF,
             FsError::SpecialFile => libc::ENXIO,
             FsError::PastEnd { .. } => libc::ENXIO,
             FsError::TooLarge { .. } => libc::EFBIG,

@@ -17,6 +17,7 @@ mod format;
 mod fsck;
 mod journal;
 mod namespace;
+mod registered;
 mod repair;
 mod rewrite;
 mod space;
@@ -25,7 +26,7 @@ mod xattr;
 
 pub(crate) use bounce::BOUNCE_SIZE;
 pub use copy::CopyRange;
-pub use data::FileRead;
+pub use registered::{FileRead, OpenedFile};
 pub use space::{Fallocate, Seek};
 pub use xattr::{CONTROL_XATTR, LAYOUT_XATTR, XattrFlags, format_layout};
 
@@ -193,6 +194,8 @@ pub struct Filesystem {
     open_files: Mutex<HashMap<u64, u32>>,
     data_locks: DashMap<u64, Arc<DataLock>>,
     registrations: DashMap<u64, (u64, Mapping)>,
+    /// Files opened for registered I/O with buffers registered against the filesystem.
+    opened: registered::OpenedFiles,
     next_first_device: AtomicUsize,
     invalidator: RwLock<Option<Invalidator>>,
     /// Where the mount's control endpoint listens (shown as an xattr on every inode).
@@ -313,6 +316,7 @@ impl Filesystem {
             open_files: Mutex::new(HashMap::new()),
             data_locks: DashMap::new(),
             registrations: DashMap::new(),
+            opened: registered::OpenedFiles::default(),
             next_first_device: AtomicUsize::new(0),
             invalidator: RwLock::new(None),
             control_socket: RwLock::new(None),

@@ -323,6 +323,7 @@ impl Filesystem {
             return;
         }
         self.data_locks.remove(&ino);
+        self.opened.forget(ino);
         self.registrations.retain(|_, (i, mapping)| {
             if *i == ino {
                 mapping.revoke();

@@ -8,7 +8,7 @@ use stripefs_engine::{Completion, IoContext};
 use super::super::ring::{Cqe, OP_READ, Sqe};
 use super::super::server::ServerShared;
 use super::handles::Registration;
-use super::rings::{RingState, count, finish};
+use super::rings::{Job, RingState, count, finish};
 use crate::filesystem::{BLOCK_SIZE, FileRead, FsError};
 
 /// Whether a request's file offset, buffer offset and length are whole blocks: the devices
@@ -52,8 +52,7 @@ impl DirectReads {
         &mut self,
         server: &ServerShared,
         ring: &RingState,
-        reg: Arc<Registration>,
-        sqe: Sqe,
+        Job { reg, file, sqe }: Job,
     ) {
         let Some(index) = self.free.pop() else {
             // Cannot happen (the context is as deep as the ring); refuse rather than block.
@@ -65,7 +64,13 @@ impl DirectReads {
             len: sqe.len,
             tag: index as u64,
         };
-        match server.fs.submit_read(&mut self.ctx, &reg.mapping, read) {
+        let submitted = match &file {
+            Some(f) => server
+                .fs
+                .submit_file_read(&mut self.ctx, &reg.mapping, &f.opened, read),
+            None => server.fs.submit_read(&mut self.ctx, &reg.mapping, read),
+        };
+        match submitted {
             Ok(()) => self.pending[index] = Some((reg, sqe.tag)),
             Err(e) => {
                 self.free.push(index);

@@ -1,4 +1,5 @@
-//! The registrations a connection made, named by handles that mean nothing elsewhere.
+//! The registrations (and opened files) a connection made, named by handles that mean
+//! nothing elsewhere.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::atomic::AtomicU64;
 use stripefs_mapping::{Buffer, Mapping};
 
 use super::super::limits::Charge;
+use crate::filesystem::OpenedFile;
 
 /// A live registration made through this connection.
 pub(super) struct Registration {
@@ -20,16 +22,25 @@ pub(super) struct Registration {
     pub(super) _charge: Charge,
 }
 
+/// A file opened through this connection for requests with buffers registered against the
+/// mount.
+pub(super) struct FileEntry {
+    pub(super) opened: OpenedFile,
+    /// `ACCESS_READ` | `ACCESS_WRITE` (proto.rs), from the descriptor's open mode.
+    pub(super) access: u32,
+}
+
 /// Handles: slot index and generation, scrambled with a per-connection salt so that a handle
-/// of another connection (or a guessed one) names nothing here.
-pub(super) struct HandleTable {
+/// of another connection (or a guessed one) names nothing here. Each table has its own salt,
+/// so a handle of one table (registrations, files) names nothing in the other.
+pub(super) struct HandleTable<T = Registration> {
     pub(super) salt: u64,
-    pub(super) slots: Vec<(u32, Option<Arc<Registration>>)>,
+    pub(super) slots: Vec<(u32, Option<Arc<T>>)>,
     pub(super) free: Vec<usize>,
     pub(super) live: usize,
 }
 
-impl HandleTable {
+impl<T> HandleTable<T> {
     pub(super) fn new() -> Self {
         HandleTable {
             salt: RandomState::new().hash_one(std::time::Instant::now()),
@@ -39,7 +50,7 @@ impl HandleTable {
         }
     }
 
-    pub(super) fn insert(&mut self, reg: Arc<Registration>) -> u64 {
+    pub(super) fn insert(&mut self, reg: Arc<T>) -> u64 {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -64,11 +75,11 @@ impl HandleTable {
         }
     }
 
-    pub(super) fn get(&self, handle: u64) -> Option<Arc<Registration>> {
+    pub(super) fn get(&self, handle: u64) -> Option<Arc<T>> {
         self.locate(handle).and_then(|i| self.slots[i].1.clone())
     }
 
-    pub(super) fn remove(&mut self, handle: u64) -> Option<Arc<Registration>> {
+    pub(super) fn remove(&mut self, handle: u64) -> Option<Arc<T>> {
         let index = self.locate(handle)?;
         let reg = self.slots[index].1.take();
         self.free.push(index);
@@ -76,7 +87,7 @@ impl HandleTable {
         reg
     }
 
-    pub(super) fn drain(&mut self) -> Vec<Arc<Registration>> {
+    pub(super) fn drain(&mut self) -> Vec<Arc<T>> {
         self.free.clear();
         self.live = 0;
         let mut out = Vec::new();
@@ -89,7 +100,7 @@ impl HandleTable {
         out
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = &Arc<Registration>> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Arc<T>> {
         self.slots.iter().filter_map(|s| s.1.as_ref())
     }
 }

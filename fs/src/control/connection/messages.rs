@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use super::super::proto::{self, Reply, Request};
 use super::super::server::ServerShared;
 use super::super::sys;
-use super::{Connection, Handled, hello, register};
+use super::{Connection, Handled, files, hello, register};
 
 /// Serves one connection until the client goes away (or the server stops), then releases
 /// everything it had.
@@ -73,6 +73,7 @@ fn close(server: &ServerShared, conn: &Connection) {
     }
     conn.buffers.lock().clear();
     conn.buffer_charges.lock().clear();
+    files::close_all(server, conn);
 }
 
 fn handle(
@@ -95,5 +96,8 @@ fn handle(
         }
         Request::Migrate { handle } => register::migrate(server, conn, handle, fds),
         Request::Stat => Ok((Reply::Stat(server.stat(Some(conn.uid()))), Vec::new())),
+        Request::RegisterBuffer { flags } => files::register_buffer(server, conn, flags, fds),
+        Request::OpenFile => files::open_file(server, conn, fds),
+        Request::CloseFile { handle } => files::close_file(server, conn, handle),
     }
 }

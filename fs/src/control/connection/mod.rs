@@ -3,6 +3,8 @@
 //!
 //! - [`handles`]: the connection's registrations, named by salted handles;
 //! - [`register`]: registering, unregistering and migrating a client's buffer;
+//! - [`files`]: buffers registered against the whole mount and files opened apart, for
+//!   requests that name both;
 //! - [`messages`]: the control-message loop, and what closing a connection releases;
 //! - [`hello`] and [`rings`]: the shared-memory ring a connection gets at `Hello`, its
 //!   state and its threads;
@@ -10,6 +12,7 @@
 //!   [`direct`] for the aligned reads the ring thread runs itself.
 
 mod direct;
+mod files;
 mod handles;
 mod hello;
 pub(crate) mod messages;
@@ -28,7 +31,7 @@ use stripefs_mapping::Buffer;
 use super::limits::{Charge, UserUsage};
 use super::proto::{RegistrationStat, Reply};
 use super::sys::{self, PeerCred};
-use handles::HandleTable;
+use handles::{FileEntry, HandleTable};
 use rings::RingThreads;
 
 /// A client connection.
@@ -37,6 +40,8 @@ pub(crate) struct Connection {
     cred: PeerCred,
     socket: OwnedFd,
     handles: RwLock<HandleTable>,
+    /// Files opened for requests with buffers registered against the mount.
+    files: RwLock<HandleTable<FileEntry>>,
     /// The daemon's view of each of the client's memfds, by (st_dev, st_ino), so that one
     /// memfd registered against several files is one buffer (and migrates as one).
     buffers: Mutex<HashMap<(u64, u64), Buffer>>,
@@ -62,6 +67,7 @@ impl Connection {
             cred,
             socket,
             handles: RwLock::new(HandleTable::new()),
+            files: RwLock::new(HandleTable::new()),
             buffers: Mutex::new(HashMap::new()),
             buffer_charges: Mutex::new(HashMap::new()),
             ring: Mutex::new(None),

@@ -70,41 +70,12 @@ pub(super) fn register(
     let (Some(file), Some(buffer_fd)) = (fds.next(), fds.next()) else {
         return Err(libc::EINVAL);
     };
-    if flags & REGISTER_DMABUF != 0 {
-        // The buffer model maps memfd pages; a dma-buf's pages cannot be pinned for io_uring
-        // through its own mmap, so dma-buf descriptors are not imported (yet).
-        return Err(if stripefs_mapping::udmabuf::available() {
-            libc::EOPNOTSUPP
-        } else {
-            libc::ENODEV
-        });
-    }
-    let st = sys::fstat(file.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
-    let ino = server.files.identify(&st)?;
-    let access = access_of(&file)?;
-    drop(file);
+    let (ino, access) = file_of(server, file)?;
     if conn.handles.read().live >= server.options.max_registrations {
         return Err(libc::EMFILE);
     }
     let charge = conn.user.charge(Resource::Registrations, 1)?;
-    let (key, len) = buffer_identity(server, &buffer_fd)?;
-    let buffer = {
-        let mut buffers = conn.buffers.lock();
-        match buffers.get(&key) {
-            Some(b) => b.clone(),
-            None => {
-                let bytes = conn.user.charge(Resource::RegisteredBytes, len)?;
-                let memory = server
-                    .imports
-                    .import(key, buffer_fd)
-                    .map_err(|e| mapping_errno(&e))?;
-                let b = Buffer::from_shared_memory(memory);
-                buffers.insert(key, b.clone());
-                conn.buffer_charges.lock().insert(b.id(), bytes);
-                b
-            }
-        }
-    };
+    let buffer = import_buffer(server, conn, flags, buffer_fd)?;
     let mapping = match server.fs.register(ino, &buffer) {
         Ok(m) => m,
         Err(e) => {
@@ -132,6 +103,50 @@ pub(super) fn register(
         Reply::Register(RegisterReply { handle, ..reply }),
         Vec::new(),
     ))
+}
+
+/// The inode a descriptor opened on the mount names, and the access its open mode grants
+/// (the descriptor is closed: the daemon keeps no reference to the file).
+pub(super) fn file_of(server: &ServerShared, file: OwnedFd) -> Result<(u64, u32), i32> {
+    let st = sys::fstat(file.as_fd()).map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
+    let ino = server.files.identify(&st)?;
+    let access = access_of(&file)?;
+    Ok((ino, access))
+}
+
+/// The daemon's view of a client's buffer descriptor: the connection's existing one for the
+/// same memfd, or a new one.
+pub(super) fn import_buffer(
+    server: &ServerShared,
+    conn: &Connection,
+    flags: u32,
+    buffer_fd: OwnedFd,
+) -> Result<Buffer, i32> {
+    if flags & REGISTER_DMABUF != 0 {
+        // The buffer model maps memfd pages; a dma-buf's pages cannot be pinned for io_uring
+        // through its own mmap, so dma-buf descriptors are not imported (yet).
+        return Err(if stripefs_mapping::udmabuf::available() {
+            libc::EOPNOTSUPP
+        } else {
+            libc::ENODEV
+        });
+    }
+    let (key, len) = buffer_identity(server, &buffer_fd)?;
+    let mut buffers = conn.buffers.lock();
+    if let Some(b) = buffers.get(&key) {
+        return Ok(b.clone());
+    }
+    // The pages are the client's (the daemon allocates nothing for it), pinned while
+    // registered: their length counts against the user's registered bytes.
+    let bytes = conn.user.charge(Resource::RegisteredBytes, len)?;
+    let memory = server
+        .imports
+        .import(key, buffer_fd)
+        .map_err(|e| mapping_errno(&e))?;
+    let b = Buffer::from_shared_memory(memory);
+    buffers.insert(key, b.clone());
+    conn.buffer_charges.lock().insert(b.id(), bytes);
+    Ok(b)
 }
 
 /// Drops the daemon's view of `buffer` when no registration of the connection uses it.

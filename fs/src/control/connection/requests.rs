@@ -1,17 +1,15 @@
 //! Taking requests off a connection's ring, checking them, and running them.
 
 use std::os::fd::AsFd;
-use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
 use super::super::limits::Resource;
 use super::super::proto::{ACCESS_READ, ACCESS_WRITE};
-use super::super::ring::{NEED_WAKEUP, OP_READ, OP_WRITE, Sqe};
+use super::super::ring::{Entry, NEED_WAKEUP, OP_READ, OP_WRITE, SQE_FILE, Sqe};
 use super::super::server::ServerShared;
 use super::super::sys;
 use super::Connection;
 use super::direct::{DirectReads, block_aligned};
-use super::handles::Registration;
 use super::rings::{Job, RingState, finish};
 use crate::filesystem::BOUNCE_SIZE;
 
@@ -62,14 +60,14 @@ fn serve_ring(
         if room > 0 {
             let admitted = ring.admit(room);
             for i in 0..room {
-                let sqe = ring.view.read_sqe(head);
+                let entry = ring.view.read_sqe(head);
                 head = head.wrapping_add(1);
                 if i < admitted {
-                    dispatch(server, conn, ring, direct, sqe);
+                    dispatch(server, conn, ring, direct, entry);
                 } else {
                     // Over the user's requests in flight: this one fails alone.
                     server.refused.fetch_add(1, Ordering::Relaxed);
-                    ring.complete(sqe.tag, -i64::from(Resource::Requests.errno()));
+                    ring.complete(entry.sqe.tag, -i64::from(Resource::Requests.errno()));
                 }
             }
             ring.view.sq_head().store(head, Ordering::Release);
@@ -114,26 +112,30 @@ fn dispatch(
     conn: &Connection,
     ring: &RingState,
     direct: &mut Option<DirectReads>,
-    sqe: Sqe,
+    entry: Entry,
 ) {
-    match check(conn, &sqe) {
-        Ok(reg) => {
-            if let Some(d) = direct.as_mut().filter(|_| DirectReads::takes(&sqe)) {
-                return d.start(server, ring, reg, sqe);
+    match check(conn, &entry) {
+        Ok(job) => {
+            if let Some(d) = direct.as_mut().filter(|_| DirectReads::takes(&job.sqe)) {
+                return d.start(server, ring, job);
             }
             let mut jobs = ring.jobs.lock();
-            jobs.queue.push_back(Job { reg, sqe });
+            jobs.queue.push_back(job);
             ring.jobs_ready.notify_one();
         }
         Err(errno) => {
             server.refused.fetch_add(1, Ordering::Relaxed);
-            ring.complete(sqe.tag, -i64::from(errno));
+            ring.complete(entry.sqe.tag, -i64::from(errno));
         }
     }
 }
 
-pub(super) fn check(conn: &Connection, sqe: &Sqe) -> Result<Arc<Registration>, i32> {
-    if sqe.flags != 0 {
+/// Checks one ring entry: known flags and op, handles of this connection (a buffer
+/// registered against the mount with [`SQE_FILE`] and a file handle, or a registration of
+/// one file without), access from the file's open mode, and ranges that do not overflow.
+pub(super) fn check(conn: &Connection, entry: &Entry) -> Result<Job, i32> {
+    let sqe = &entry.sqe;
+    if sqe.flags & !SQE_FILE != 0 || entry.reserved != 0 {
         return Err(libc::EINVAL);
     }
     let need = match sqe.op {
@@ -142,7 +144,18 @@ pub(super) fn check(conn: &Connection, sqe: &Sqe) -> Result<Arc<Registration>, i
         _ => return Err(libc::EINVAL),
     };
     let reg = conn.handles.read().get(sqe.handle).ok_or(libc::EBADF)?;
-    if reg.access & need == 0 {
+    let (access, file) = if sqe.flags & SQE_FILE != 0 {
+        let file = conn.files.read().get(entry.file).ok_or(libc::EBADF)?;
+        (file.access, Some(file))
+    } else if entry.file != 0 {
+        return Err(libc::EINVAL);
+    } else if reg.ino == 0 {
+        // A buffer registered against the mount reads and writes files named apart.
+        return Err(libc::EINVAL);
+    } else {
+        (reg.access, None)
+    };
+    if access & need == 0 {
         return Err(libc::EBADF);
     }
     match sqe.buffer_offset.checked_add(sqe.len) {
@@ -152,7 +165,11 @@ pub(super) fn check(conn: &Connection, sqe: &Sqe) -> Result<Arc<Registration>, i
     if sqe.file_offset.checked_add(sqe.len).is_none() {
         return Err(libc::EINVAL);
     }
-    Ok(reg)
+    Ok(Job {
+        reg,
+        file,
+        sqe: *sqe,
+    })
 }
 
 pub(super) fn worker(server: &ServerShared, ring: &RingState) {
@@ -206,23 +223,17 @@ pub(super) fn run(server: &ServerShared, job: &Job) -> i64 {
         len,
         ..
     } = job.sqe;
+    let mapping = &job.reg.mapping;
+    let file = job.file.as_ref().map(|f| &f.opened);
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(MAX_PIECE);
-        let result = if op == OP_WRITE {
-            server.fs.write_registered(
-                &job.reg.mapping,
-                file_offset + done,
-                buffer_offset + done,
-                n,
-            )
-        } else {
-            server.fs.read_registered(
-                &job.reg.mapping,
-                file_offset + done,
-                buffer_offset + done,
-                n,
-            )
+        let (at, from) = (file_offset + done, buffer_offset + done);
+        let result = match (op == OP_WRITE, file) {
+            (true, None) => server.fs.write_registered(mapping, at, from, n),
+            (true, Some(f)) => server.fs.write_file(mapping, f, at, from, n),
+            (false, None) => server.fs.read_registered(mapping, at, from, n),
+            (false, Some(f)) => server.fs.read_file(mapping, f, at, from, n),
         };
         match result {
             Ok(k) => {

@@ -13,7 +13,7 @@ use super::super::limits::{Charge, Resource, UserUsage};
 use super::super::ring::{Cqe, RingView, Sqe, WAITING};
 use super::super::server::ServerShared;
 use super::super::sys;
-use super::handles::Registration;
+use super::handles::{FileEntry, Registration};
 
 pub(super) struct CqState {
     /// Our copy of cq_tail (never read back from the shared memory).
@@ -22,8 +22,13 @@ pub(super) struct CqState {
     pub(super) reserved: u32,
 }
 
+/// A checked request: its registration (or buffer), the file it names (with [`SQE_FILE`]),
+/// and the request.
+///
+/// [`SQE_FILE`]: super::super::ring::SQE_FILE
 pub(super) struct Job {
     pub(super) reg: Arc<Registration>,
+    pub(super) file: Option<Arc<FileEntry>>,
     pub(super) sqe: Sqe,
 }
 
