@@ -66,6 +66,24 @@ fn header(kind: u16, seq: u32, body: &[u8]) -> Vec<u8> {
     m
 }
 
+/// Gives every page of a memfd's `len` bytes storage (the daemon refuses a buffer with
+/// holes: it allocates nothing for a client).
+fn back(fd: &OwnedFd, len: u64) {
+    let page = vec![0u8; 4096];
+    for at in (0..len).step_by(page.len()) {
+        // SAFETY: pwrite from a live buffer of the length given into our own memfd.
+        let n = unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                page.as_ptr().cast(),
+                page.len(),
+                at as libc::off_t,
+            )
+        };
+        assert_eq!(n, page.len() as isize, "backing the memfd");
+    }
+}
+
 fn memfd(len: u64, sealed: bool) -> OwnedFd {
     let name = c"hostile";
     // SAFETY: `name` is NUL-terminated; memfd_create touches no other memory.
@@ -588,6 +606,7 @@ fn malformed_buffer_and_file_messages_each_get_their_error() {
     std::fs::write(&host_path, b"not on the mount").expect("host file");
     let host = File::open(&host_path).expect("open host file");
     let (sealed, unsealed, huge) = (memfd(MIB, true), memfd(MIB, false), memfd(1 << 40, true));
+    back(&sealed, MIB);
     let raw = Raw::connect(m.server().socket_path());
     let flags_msg = |kind: Kind, flags: u32, reserved: u32| {
         let mut b = flags.to_le_bytes().to_vec();
