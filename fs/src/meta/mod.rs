@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod dir;
 pub mod extents;
+pub mod pieces;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -331,34 +332,40 @@ impl Metadata {
             .map(|i| Record::Inode(i.record.clone()))
             .collect();
         for inode in inos.iter().filter_map(|i| self.inodes.get(i)) {
-            let ino = inode.record.ino;
-            for (name, &child) in &inode.entries {
-                out.push(Record::Link {
-                    parent: ino,
-                    name: name.clone(),
-                    ino: child,
-                });
-            }
-            for (column, map) in inode.extents.iter().enumerate() {
-                for e in map.iter() {
-                    out.push(Record::Extent {
-                        ino,
-                        column: column as u16,
-                        object_offset: e.object_offset,
-                        device_offset: e.device_offset,
-                        len: e.len,
-                    });
-                }
-            }
-            for (name, value) in &inode.xattrs {
-                out.push(Record::SetXattr {
-                    ino,
-                    name: name.clone(),
-                    value: value.clone(),
-                });
-            }
+            held_records(inode, &mut out);
         }
         out
+    }
+}
+
+/// The records of what `inode` holds, after its inode record: its directory entries,
+/// extents and xattrs.
+pub(crate) fn held_records(inode: &Inode, out: &mut Vec<Record>) {
+    let ino = inode.record.ino;
+    for (name, &child) in &inode.entries {
+        out.push(Record::Link {
+            parent: ino,
+            name: name.clone(),
+            ino: child,
+        });
+    }
+    for (column, map) in inode.extents.iter().enumerate() {
+        for e in map.iter() {
+            out.push(Record::Extent {
+                ino,
+                column: column as u16,
+                object_offset: e.object_offset,
+                device_offset: e.device_offset,
+                len: e.len,
+            });
+        }
+    }
+    for (name, value) in &inode.xattrs {
+        out.push(Record::SetXattr {
+            ino,
+            name: name.clone(),
+            value: value.clone(),
+        });
     }
 }
 
