@@ -100,7 +100,13 @@ pub(super) fn read_metadata(
 impl ReadMetadata {
     /// The space the checkpoint's pieces take on the replicas.
     pub(super) fn piece_space(&self) -> Vec<Space> {
-        let replicas: Vec<usize> = self.loaded.journal.areas().iter().map(|a| a.device).collect();
+        let replicas: Vec<usize> = self
+            .loaded
+            .journal
+            .areas()
+            .iter()
+            .map(|a| a.device)
+            .collect();
         pieces::table_space(self.loaded.journal.table(), &replicas)
     }
 }

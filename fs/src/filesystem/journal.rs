@@ -156,7 +156,9 @@ impl Journal {
                     Ok((checkpoint, records, entries, log_pos)) => {
                         if best_load.as_ref().is_none_or(|b| entries > b.log_entries) {
                             let (base, table) = match checkpoint {
-                                Checkpoint::Records(base) => (base, Journal::fresh(areas.clone()).table),
+                                Checkpoint::Records(base) => {
+                                    (base, Journal::fresh(areas.clone()).table)
+                                }
                                 Checkpoint::Table(table) => (Vec::new(), table),
                             };
                             best_load = Some(Loaded {

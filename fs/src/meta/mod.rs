@@ -332,22 +332,18 @@ impl Metadata {
             .map(|i| Record::Inode(i.record.clone()))
             .collect();
         for inode in inos.iter().filter_map(|i| self.inodes.get(i)) {
-            held_records(inode, &mut out);
+            held_records(inode, true, &mut out);
         }
         out
     }
 }
 
-/// The records of what `inode` holds, after its inode record: its directory entries,
-/// extents and xattrs.
-pub(crate) fn held_records(inode: &Inode, out: &mut Vec<Record>) {
+/// The records of what `inode` holds, after its inode record: its directory entries (if
+/// `entries`), extents and xattrs.
+pub(crate) fn held_records(inode: &Inode, entries: bool, out: &mut Vec<Record>) {
     let ino = inode.record.ino;
-    for (name, &child) in &inode.entries {
-        out.push(Record::Link {
-            parent: ino,
-            name: name.clone(),
-            ino: child,
-        });
+    if entries {
+        entry_records(inode, out);
     }
     for (column, map) in inode.extents.iter().enumerate() {
         for e in map.iter() {
@@ -365,6 +361,17 @@ pub(crate) fn held_records(inode: &Inode, out: &mut Vec<Record>) {
             ino,
             name: name.clone(),
             value: value.clone(),
+        });
+    }
+}
+
+/// The link records of a directory's entries.
+pub(crate) fn entry_records(dir: &Inode, out: &mut Vec<Record>) {
+    for (name, &child) in &dir.entries {
+        out.push(Record::Link {
+            parent: dir.record.ino,
+            name: name.clone(),
+            ino: child,
         });
     }
 }
