@@ -317,21 +317,80 @@ fn flush(devices: &[DeviceQueue], which: impl Iterator<Item = usize>) -> Result<
     Ok(())
 }
 
-/// Whether the log of `area` starts with a whole entry of `generation`.
+/// Whether the log of `area` starts with a whole entry of `generation` (or one that
+/// checksums right and does not decode).
 fn log_has_entries(
     devices: &[DeviceQueue],
     pool: &BouncePool,
     area: &MetaArea,
     generation: u64,
 ) -> bool {
-    let mut log = vec![0u8; area.log_len() as usize];
-    if read_device(devices, pool, area.device, area.log_offset(), &mut log).is_err() {
-        return false;
+    match read_log(devices, pool, area, generation, Some(1)) {
+        Ok((_, entries, _)) => entries > 0,
+        Err(FsError::Corrupt { .. }) => true,
+        Err(_) => false,
     }
-    matches!(
-        ondisk::decode_entry(&log, generation, 1),
-        Ok(Some(_)) | Err(_)
-    )
+}
+
+/// Bytes of the log read from a device at a time.
+const LOG_CHUNK: usize = 1 << 20;
+
+/// Reads the log of `area` from its start, a chunk at a time, up to the first entry of
+/// `generation` that is missing or torn (or `limit` entries): returns the records, the
+/// number of entries and where the log ends. Reads no more of the log than it holds.
+fn read_log(
+    devices: &[DeviceQueue],
+    pool: &BouncePool,
+    area: &MetaArea,
+    generation: u64,
+    limit: Option<u64>,
+) -> Result<(Vec<Record>, u64, u64), FsError> {
+    let log_len = area.log_len() as usize;
+    let mut log: Vec<u8> = Vec::new();
+    // Reads on until `log` holds `upto` bytes; false if the log area is shorter.
+    let fill = |log: &mut Vec<u8>, upto: usize| -> Result<bool, FsError> {
+        while log.len() < upto {
+            if log.len() >= log_len {
+                return Ok(false);
+            }
+            let at = log.len();
+            let n = (upto - at).max(LOG_CHUNK).min(log_len - at);
+            log.resize(at + n, 0);
+            read_device(
+                devices,
+                pool,
+                area.device,
+                area.log_offset() + at as u64,
+                &mut log[at..],
+            )?;
+        }
+        Ok(true)
+    };
+    let mut records = Vec::new();
+    let (mut pos, mut seq) = (0usize, 1u64);
+    while limit.is_none_or(|l| seq <= l) && fill(&mut log, pos + LOG_BLOCK)? {
+        let Some(len) = ondisk::entry_len(&log[pos..], generation, seq) else {
+            break;
+        };
+        if !fill(&mut log, pos + len)? {
+            break;
+        }
+        match ondisk::decode_entry(&log[pos..pos + len], generation, seq) {
+            Ok(Some((entry, used))) => {
+                records.extend(entry);
+                pos += used;
+                seq += 1;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(FsError::Corrupt {
+                    device: devices[area.device].name().to_string(),
+                    what: format!("log entry {seq} at {pos}: {e}"),
+                });
+            }
+        }
+    }
+    Ok((records, seq - 1, pos as u64))
 }
 
 fn read_header(
@@ -400,20 +459,6 @@ fn load_replica(
                 .map_err(|e| corrupt(format!("checkpoint {}: {e}", header.generation)))?,
         )
     };
-    let mut records = Vec::new();
-    let mut log = vec![0u8; area.log_len() as usize];
-    read_device(devices, pool, area.device, area.log_offset(), &mut log)?;
-    let (mut pos, mut seq) = (0usize, 1u64);
-    while pos < log.len() {
-        match ondisk::decode_entry(&log[pos..], header.generation, seq) {
-            Ok(Some((entry, used))) => {
-                records.extend(entry);
-                pos += used;
-                seq += 1;
-            }
-            Ok(None) => break,
-            Err(e) => return Err(corrupt(format!("log entry {seq} at {pos}: {e}"))),
-        }
-    }
-    Ok((checkpoint, records, seq - 1, pos as u64))
+    let (records, entries, end) = read_log(devices, pool, area, header.generation, None)?;
+    Ok((checkpoint, records, entries, end))
 }

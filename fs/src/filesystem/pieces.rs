@@ -177,23 +177,41 @@ pub(crate) fn replay(
     let mut waiting = Vec::new();
     let pieces = &journal.table().pieces;
     let split = pieces.partition_point(|p| p.id < ENTRY_PIECES);
-    let order = pieces[..split].iter().rev().chain(&pieces[split..]);
-    for entry in order {
-        for r in read_piece(devices, pool, journal, entry)? {
-            if let Record::Link { ino, .. } = &r
-                && meta.get(*ino).is_none()
-            {
-                waiting.push(r);
-                continue;
+    let order: Vec<&PieceEntry> = pieces[..split].iter().rev().chain(&pieces[split..]).collect();
+    // One thread reads and decodes the pieces while this one applies them.
+    std::thread::scope(|scope| -> Result<(), FsError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let reader = scope.spawn(move || {
+            for entry in order {
+                let read = read_piece(devices, pool, journal, entry).map(|r| (entry.id, r));
+                let failed = read.is_err();
+                if tx.send(read).is_err() || failed {
+                    return;
+                }
             }
-            apply(meta, &r, &format!("piece {}", entry.id), refused)?;
+        });
+        for read in rx {
+            let (id, records) = read?;
+            for r in records {
+                if let Record::Link { ino, .. } = &r
+                    && meta.get(*ino).is_none()
+                {
+                    waiting.push(r);
+                    continue;
+                }
+                apply(meta, &r, || format!("piece {id}"), refused)?;
+            }
         }
-    }
+        reader.join().map_err(|_| FsError::Corrupt {
+            device: String::new(),
+            what: "the thread reading metadata pieces panicked".into(),
+        })
+    })?;
     for r in &waiting {
-        apply(meta, r, "a piece", refused)?;
+        apply(meta, r, || "a piece".into(), refused)?;
     }
     for (i, r) in loaded.base.iter().enumerate() {
-        apply(meta, r, &format!("checkpoint record {i}"), refused)?;
+        apply(meta, r, || format!("checkpoint record {i}"), refused)?;
     }
     let mut dirty = DirtyPieces::new(pieces.iter().map(|p| (p.id, p.padded_len())));
     if !loaded.base.is_empty() {
@@ -204,19 +222,20 @@ pub(crate) fn replay(
     for (i, r) in loaded.records.iter().enumerate() {
         let touch = dirty.plan(meta, r, 0);
         dirty.touch(touch, 0);
-        apply(meta, r, &format!("log record {i}"), refused)?;
+        apply(meta, r, || format!("log record {i}"), refused)?;
     }
     Ok(dirty)
 }
 
+/// Applies `r`; `place` says where it came from, should it not apply.
 fn apply(
     meta: &mut Metadata,
     r: &Record,
-    place: &str,
+    place: impl FnOnce() -> String,
     refused: &mut dyn FnMut(String, &Record) -> Result<(), FsError>,
 ) -> Result<(), FsError> {
     match meta.apply(r) {
         Ok(_) => Ok(()),
-        Err(e) => refused(format!("{place}: {e}"), r),
+        Err(e) => refused(format!("{}: {e}", place()), r),
     }
 }

@@ -140,6 +140,20 @@ pub fn decode_entry(
     Ok(Some((records, padded)))
 }
 
+/// The padded length of entry `seq` of `generation` if `bytes` starts with its header (at
+/// least [`LOG_HEADER_LEN`] bytes; the payload and checksum are not looked at): how much of
+/// the log a reader needs before [`decode_entry`] can tell whether the entry is whole.
+pub fn entry_len(bytes: &[u8], generation: u64, seq: u64) -> Option<usize> {
+    let header = RawLogHeader::read(bytes)?;
+    let expected =
+        header.magic == LOG_MAGIC && header.generation == generation && header.seq == seq;
+    if !expected {
+        return None;
+    }
+    let end = LOG_HEADER_LEN.checked_add(usize::try_from(header.payload_len).ok()?)?;
+    usize::try_from(round_up(end as u64, LOG_BLOCK as u64)?).ok()
+}
+
 /// The header, payload and padded length of entry `seq` of `generation` at the start of
 /// `bytes`, if it is there whole with a matching checksum.
 fn find_entry(bytes: &[u8], generation: u64, seq: u64) -> Option<(RawLogHeader, &[u8], usize)> {

@@ -27,7 +27,9 @@ pub use checkpoint::{
     decode_checkpoint_payload, decode_checkpoint_table, encode_checkpoint, encode_checkpoint_table,
 };
 pub use error::OnDiskError;
-pub use log::{LOG_BLOCK, LOG_HEADER_LEN, LOG_MAGIC, LOG_VERSION, decode_entry, encode_entry};
+pub use log::{
+    LOG_BLOCK, LOG_HEADER_LEN, LOG_MAGIC, LOG_VERSION, decode_entry, encode_entry, entry_len,
+};
 pub use pieces::{
     MAX_REPLICAS, PIECE_BLOCK, PIECE_INODES, PieceEntry, PieceTable, decode_piece,
     decode_piece_table, encode_piece, encode_piece_table, piece_of,
