@@ -142,6 +142,29 @@ pub struct SetAttr {
     pub mtime: Option<SystemTime>,
 }
 
+/// Clearing of the set-user-ID and set-group-ID bits that a change brings (`chown`, a write
+/// or truncate by a caller without `CAP_FSETID`): set-user-ID always, set-group-ID when the
+/// group may execute, and also without group execute when `caller_gid` (the caller's
+/// group, given when it lacks `CAP_FSETID`) is not the file's group. Supplementary groups
+/// are not known here: a caller that is in the file's group only through one of them loses
+/// that bit too (cleared rather than kept, when in doubt).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KillSuidgid {
+    pub caller_gid: Option<u32>,
+}
+
+impl KillSuidgid {
+    /// `mode` (permission bits) with the bits cleared, for a file of group `gid`.
+    pub fn apply(self, mode: u32, gid: u32) -> u32 {
+        let mut mode = mode & !libc::S_ISUID;
+        let group_exec = mode & libc::S_IXGRP != 0;
+        if group_exec || self.caller_gid.is_some_and(|g| g != gid) {
+            mode &= !libc::S_ISGID;
+        }
+        mode
+    }
+}
+
 /// One directory entry as `readdir` returns it; `next` is the offset to continue from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
