@@ -170,8 +170,8 @@ const FILE_FLAGS: FopenFlags = FopenFlags::FOPEN_DIRECT_IO;
 /// `ls -l`), parallel lookups in one directory, asynchronous direct I/O (a large read or
 /// write is cut into requests served in parallel), `mmap` of direct-I/O files, cached
 /// symlink targets (a target never changes: a new target is a new inode), and clearing the
-/// set-user-ID and set-group-ID bits here (`FUSE_HANDLE_KILLPRIV_V2`, see [`Fuse::setattr`]
-/// and [`Fuse::write`]): without it the kernel asks for the attributes before every
+/// set-user-ID and set-group-ID bits here (`FUSE_HANDLE_KILLPRIV_V2`, see `setattr`
+/// and `write` below): without it the kernel asks for the attributes before every
 /// `chown` to compute the bits itself, a round trip per file of an untar.
 const WANTED: [InitFlags; 7] = [
     InitFlags::FUSE_DO_READDIRPLUS,
