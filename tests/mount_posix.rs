@@ -729,7 +729,11 @@ fn set_id_bits_are_cleared_as_on_a_local_filesystem() {
     write(&f, b"");
     chmod(&f, 0o6755);
     std::os::unix::fs::chown(&f, Some(65534), None).expect("chown");
-    assert_eq!(mode(&f), 0o755, "chown clears both bits (group may execute)");
+    assert_eq!(
+        mode(&f),
+        0o755,
+        "chown clears both bits (group may execute)"
+    );
     chmod(&f, 0o6755);
     OpenOptions::new()
         .append(true)
@@ -738,11 +742,19 @@ fn set_id_bits_are_cleared_as_on_a_local_filesystem() {
         .expect("root appends");
     assert_eq!(mode(&f), 0o6755, "a write by root keeps them");
     let out = as_nobody(&format!("printf n >> {q}"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(mode(&f), 0o755, "a write by the owner, nobody, clears them");
     chmod(&f, 0o6745);
     let out = as_nobody(&format!("printf n >> {q}"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         mode(&f),
         0o745,
@@ -750,7 +762,11 @@ fn set_id_bits_are_cleared_as_on_a_local_filesystem() {
     );
     chmod(&f, 0o6755);
     let out = as_nobody(&format!("truncate -s 1 {q}"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(mode(&f), 0o755, "a truncate by nobody clears them");
     assert_eq!(std::fs::metadata(&f).expect("stat").len(), 1);
     chmod(&f, 0o6755);

@@ -11,8 +11,7 @@ use super::error::FsError;
 use super::format::BLOCK_SIZE;
 use super::{
     Attr, Caller, DirEntry, FileType, Filesystem, KillSuidgid, NAME_MAX, RenameFlags, SetAttr,
-    format, now,
-    to_system_time, to_timestamp,
+    format, now, to_system_time, to_timestamp,
 };
 use crate::meta::{self, Inode, Metadata};
 
@@ -571,4 +570,3 @@ pub(super) fn attr(inode: &Inode) -> Attr {
         rdev: r.rdev,
     }
 }
-
