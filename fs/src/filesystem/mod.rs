@@ -536,3 +536,29 @@ fn build_allocator(
     }
     Ok(alloc)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::KillSuidgid;
+
+    #[test]
+    fn set_id_bits_go_as_linux_clears_them() {
+        let root = KillSuidgid { caller_gid: None };
+        let in_group = KillSuidgid {
+            caller_gid: Some(7),
+        };
+        let outside = KillSuidgid {
+            caller_gid: Some(8),
+        };
+        // Group may execute: both bits go, whoever asks.
+        for k in [root, in_group, outside] {
+            assert_eq!(k.apply(0o6755, 7), 0o755);
+        }
+        // Without group execute, set-group-ID goes only for a caller outside the group.
+        assert_eq!(root.apply(0o6745, 7), 0o2745);
+        assert_eq!(in_group.apply(0o6745, 7), 0o2745);
+        assert_eq!(outside.apply(0o6745, 7), 0o745);
+        // Nothing set: nothing changes.
+        assert_eq!(outside.apply(0o1777, 7), 0o1777);
+    }
+}
