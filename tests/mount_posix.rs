@@ -707,6 +707,93 @@ fn permissions_are_checked_by_the_kernel() {
     fx.finish();
 }
 
+/// The set-user-ID and set-group-ID bits go as on a local filesystem (the daemon clears them,
+/// `FUSE_HANDLE_KILLPRIV_V2`): on `chown` of a file (not of a directory), on a write and a
+/// truncate by a user without `CAP_FSETID`, and not on a write or truncate by root; `stat`
+/// right after shows it (the kernel's cached mode is dropped after a write cleared a bit).
+#[test]
+fn set_id_bits_are_cleared_as_on_a_local_filesystem() {
+    let Some(mut fx) = Fixture::new("setid", &[], &["-o", "allow_other"]) else {
+        return;
+    };
+    if common::require::skip(&[common::require::Requirement::Tool("setpriv")]) {
+        fx.finish();
+        return;
+    }
+    let f = fx.path("f");
+    let q = f.to_str().expect("UTF-8").to_string();
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").mode() & 0o7777;
+    let chmod = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    write(&f, b"");
+    chmod(&f, 0o6755);
+    std::os::unix::fs::chown(&f, Some(65534), None).expect("chown");
+    assert_eq!(
+        mode(&f),
+        0o755,
+        "chown clears both bits (group may execute)"
+    );
+    chmod(&f, 0o6755);
+    OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .and_then(|mut h| h.write_all(b"r"))
+        .expect("root appends");
+    assert_eq!(mode(&f), 0o6755, "a write by root keeps them");
+    let out = as_nobody(&format!("printf n >> {q}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&f), 0o755, "a write by the owner, nobody, clears them");
+    chmod(&f, 0o6745);
+    let out = as_nobody(&format!("printf n >> {q}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        mode(&f),
+        0o745,
+        "set-group-ID without group execute goes too: nobody is not in the file's group"
+    );
+    chmod(&f, 0o6755);
+    let out = as_nobody(&format!("truncate -s 1 {q}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&f), 0o755, "a truncate by nobody clears them");
+    assert_eq!(std::fs::metadata(&f).expect("stat").len(), 1);
+    chmod(&f, 0o6755);
+    File::options()
+        .write(true)
+        .open(&f)
+        .and_then(|h| h.set_len(0))
+        .expect("root truncates");
+    assert_eq!(mode(&f), 0o6755, "a truncate by root keeps them");
+    chmod(&f, 0o2745);
+    std::os::unix::fs::chown(&f, Some(0), None).expect("chown");
+    assert_eq!(
+        mode(&f),
+        0o2745,
+        "chown by root keeps set-group-ID without group execute"
+    );
+    let d = fx.path("d");
+    std::fs::create_dir(&d).expect("mkdir");
+    chmod(&d, 0o6755);
+    std::os::unix::fs::chown(&d, Some(65534), None).expect("chown");
+    assert_eq!(mode(&d), 0o6755, "chown of a directory keeps them");
+    fx.remount();
+    assert_eq!(mode(&f), 0o2745);
+    assert_eq!(mode(&d), 0o6755);
+    fx.finish();
+}
+
 #[test]
 fn statfs_mknod_mmap_and_exec() {
     let Some(fx) = Fixture::new("misc", &[], &[]) else {

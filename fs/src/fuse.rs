@@ -46,8 +46,8 @@ use fuser::{
 };
 
 use crate::filesystem::{
-    Attr, Caller, CopyRange, Fallocate, FileType, Filesystem, FsError, RenameFlags, Seek, SetAttr,
-    XattrFlags,
+    Attr, Caller, CopyRange, Fallocate, FileType, Filesystem, FsError, KillSuidgid, RenameFlags,
+    Seek, SetAttr, XattrFlags,
 };
 
 /// How long the kernel may cache attributes and directory entries (and that a name does not
@@ -168,15 +168,19 @@ const FILE_FLAGS: FopenFlags = FopenFlags::FOPEN_DIRECT_IO;
 
 /// Capabilities asked of the kernel when it offers them: READDIRPLUS (one round trip for
 /// `ls -l`), parallel lookups in one directory, asynchronous direct I/O (a large read or
-/// write is cut into requests served in parallel), `mmap` of direct-I/O files, and cached
-/// symlink targets (a target never changes: a new target is a new inode).
-const WANTED: [InitFlags; 6] = [
+/// write is cut into requests served in parallel), `mmap` of direct-I/O files, cached
+/// symlink targets (a target never changes: a new target is a new inode), and clearing the
+/// set-user-ID and set-group-ID bits here (`FUSE_HANDLE_KILLPRIV_V2`, see `setattr`
+/// and `write` below): without it the kernel asks for the attributes before every
+/// `chown` to compute the bits itself, a round trip per file of an untar.
+const WANTED: [InitFlags; 7] = [
     InitFlags::FUSE_DO_READDIRPLUS,
     InitFlags::FUSE_READDIRPLUS_AUTO,
     InitFlags::FUSE_PARALLEL_DIROPS,
     InitFlags::FUSE_ASYNC_DIO,
     InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
     InitFlags::FUSE_CACHE_SYMLINKS,
+    InitFlags::FUSE_HANDLE_KILLPRIV_V2,
 ];
 
 impl fuser::Filesystem for Fuse {
@@ -211,9 +215,14 @@ impl fuser::Filesystem for Fuse {
         }
     }
 
+    /// Under `FUSE_HANDLE_KILLPRIV_V2` the kernel leaves clearing the set-user-ID and
+    /// set-group-ID bits to this process: on `chown` of a non-directory always (as the kernel
+    /// does), and on a truncate by a caller without `CAP_FSETID`. The kernel says so for a
+    /// truncate with `FATTR_KILL_SUIDGID`, which fuser 0.18 does not pass on; a caller
+    /// other than root stands for "without `CAP_FSETID`".
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -237,7 +246,9 @@ impl fuser::Filesystem for Fuse {
             atime: atime.map(time),
             mtime: mtime.map(time),
         };
-        match self.fs.setattr(ino.0, &set) {
+        let chown = set.uid.is_some() || set.gid.is_some();
+        let kill = (chown || (set.size.is_some() && req.uid() != 0)).then(|| without_fsetid(req));
+        match self.fs.setattr_killing(ino.0, &set, kill) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno("setattr", ino.0, &e)),
         }
@@ -393,19 +404,32 @@ impl fuser::Filesystem for Fuse {
         }
     }
 
+    /// A write by a caller without `CAP_FSETID` comes with `FUSE_WRITE_KILL_SUIDGID`
+    /// (`FUSE_HANDLE_KILLPRIV_V2`): the set-user-ID and set-group-ID bits are cleared here.
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(ino.0, offset, data) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let written = self.fs.write(ino.0, offset, data).and_then(|n| {
+            if kill {
+                // The kernel sets the flag only for a caller without CAP_FSETID.
+                let kill = KillSuidgid {
+                    caller_gid: Some(req.gid()),
+                };
+                self.fs.kill_suidgid(ino.0, kill)?;
+            }
+            Ok(n)
+        });
+        match written {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", ino.0, &e)),
         }
@@ -709,6 +733,15 @@ impl fuser::Filesystem for Fuse {
             ),
             Err(e) => reply.error(errno("create", parent.0, &e)),
         }
+    }
+}
+
+/// What a change by the caller of `req` clears of the set-user-ID and set-group-ID bits.
+/// Whether it holds `CAP_FSETID` is not in the request: a caller other than root stands
+/// for one without it.
+fn without_fsetid(req: &Request) -> KillSuidgid {
+    KillSuidgid {
+        caller_gid: (req.uid() != 0).then(|| req.gid()),
     }
 }
 

@@ -143,6 +143,29 @@ pub struct SetAttr {
     pub mtime: Option<SystemTime>,
 }
 
+/// Clearing of the set-user-ID and set-group-ID bits that a change brings (`chown`, a write
+/// or truncate by a caller without `CAP_FSETID`): set-user-ID always, set-group-ID when the
+/// group may execute, and also without group execute when `caller_gid` (the caller's
+/// group, given when it lacks `CAP_FSETID`) is not the file's group. Supplementary groups
+/// are not known here: a caller that is in the file's group only through one of them loses
+/// that bit too (cleared rather than kept, when in doubt).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KillSuidgid {
+    pub caller_gid: Option<u32>,
+}
+
+impl KillSuidgid {
+    /// `mode` (permission bits) with the bits cleared, for a file of group `gid`.
+    pub fn apply(self, mode: u32, gid: u32) -> u32 {
+        let mut mode = mode & !libc::S_ISUID;
+        let group_exec = mode & libc::S_IXGRP != 0;
+        if group_exec || self.caller_gid.is_some_and(|g| g != gid) {
+            mode &= !libc::S_ISGID;
+        }
+        mode
+    }
+}
+
 /// One directory entry as `readdir` returns it; `next` is the offset to continue from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
@@ -519,4 +542,30 @@ fn build_allocator(
             })?;
     }
     Ok(alloc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KillSuidgid;
+
+    #[test]
+    fn set_id_bits_go_as_linux_clears_them() {
+        let root = KillSuidgid { caller_gid: None };
+        let in_group = KillSuidgid {
+            caller_gid: Some(7),
+        };
+        let outside = KillSuidgid {
+            caller_gid: Some(8),
+        };
+        // Group may execute: both bits go, whoever asks.
+        for k in [root, in_group, outside] {
+            assert_eq!(k.apply(0o6755, 7), 0o755);
+        }
+        // Without group execute, set-group-ID goes only for a caller outside the group.
+        assert_eq!(root.apply(0o6745, 7), 0o2745);
+        assert_eq!(in_group.apply(0o6745, 7), 0o2745);
+        assert_eq!(outside.apply(0o6745, 7), 0o745);
+        // Nothing set: nothing changes.
+        assert_eq!(outside.apply(0o1777, 7), 0o1777);
+    }
 }

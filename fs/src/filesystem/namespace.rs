@@ -10,8 +10,8 @@ use stripefs_layout::ondisk::{InodeKind, InodeRecord, LayoutRecord, Record, Time
 use super::error::FsError;
 use super::format::BLOCK_SIZE;
 use super::{
-    Attr, Caller, DirEntry, FileType, Filesystem, NAME_MAX, RenameFlags, SetAttr, format, now,
-    to_system_time, to_timestamp,
+    Attr, Caller, DirEntry, FileType, Filesystem, KillSuidgid, NAME_MAX, RenameFlags, SetAttr,
+    format, now, to_system_time, to_timestamp,
 };
 use crate::meta::{self, Inode, Metadata};
 
@@ -45,9 +45,25 @@ impl Filesystem {
 
     /// Changes mode, owner, size or times, as one change.
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr, FsError> {
+        self.setattr_killing(ino, set, None)
+    }
+
+    /// [`setattr`](Self::setattr) that also clears the set-user-ID and set-group-ID bits of
+    /// a non-directory as `kill` says (`chown`, or a truncate by a caller without
+    /// `CAP_FSETID`), in the same change. An explicit `mode` wins.
+    pub fn setattr_killing(
+        &self,
+        ino: u64,
+        set: &SetAttr,
+        kill: Option<KillSuidgid>,
+    ) -> Result<Attr, FsError> {
         let edit = |r: &mut InodeRecord| {
             if let Some(mode) = set.mode {
                 r.mode = mode & 0o7777;
+            } else if let Some(kill) = kill
+                && r.kind != InodeKind::Dir
+            {
+                r.mode = kill.apply(r.mode, r.gid);
             }
             if let Some(uid) = set.uid {
                 r.uid = uid;
@@ -68,6 +84,27 @@ impl Filesystem {
             None => self.change_with_inode(&mut self.meta.write(), ino, Vec::new(), edit)?,
         }
         self.attr_of(&self.meta.read(), ino)
+    }
+
+    /// Clears the set-user-ID and set-group-ID bits of `ino` as `kill` says (a write by a
+    /// caller without `CAP_FSETID`), as one change; nothing when none goes. The kernel keeps the mode it cached (a write tells it of new times and size
+    /// only), so a cleared bit is followed by the invalidator.
+    pub fn kill_suidgid(&self, ino: u64, kill: KillSuidgid) -> Result<(), FsError> {
+        let set = {
+            let meta = self.meta.read();
+            let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+            let r = &inode.record;
+            kill.apply(r.mode, r.gid) != r.mode
+        };
+        if !set {
+            return Ok(());
+        }
+        self.change_with_inode(&mut self.meta.write(), ino, Vec::new(), |r| {
+            r.mode = kill.apply(r.mode, r.gid);
+            r.ctime = now();
+        })?;
+        self.invalidate(ino);
+        Ok(())
     }
 
     /// Creates a regular file.
