@@ -476,6 +476,54 @@ fn concurrent_writers_and_readers_on_different_files() {
     assert!(report.is_clean(), "{:?}", report.problems);
 }
 
+/// Data fills every device, then metadata fills what is left: both answer ENOSPC, and
+/// everything can still be removed (space is kept for changes that only remove), committed
+/// and mounted again, empty and clean.
+#[test]
+fn a_filesystem_full_of_data_and_files_can_always_be_emptied() {
+    let d = devices(2, 24 << 20);
+    mkfs(&d, 64 << 10);
+    let fs = Filesystem::open(&d.specs).expect("open");
+    let chunk = data(3, 1 << 20);
+    let mut names = Vec::new();
+    let err = loop {
+        let n = format!("data{}", names.len());
+        let f = match fs.create(ROOT, name(&n), 0o644, ME) {
+            Ok(f) => f,
+            Err(e) => break e,
+        };
+        names.push(n);
+        if let Err(e) = fs.write(f.ino, 0, &chunk) {
+            break e;
+        }
+        assert!(names.len() < 100, "data never filled the devices");
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    let err = loop {
+        let n = format!("empty{}", names.len());
+        match fs.create(ROOT, name(&n), 0o644, ME) {
+            Ok(_) => names.push(n),
+            Err(e) => break e,
+        }
+        assert!(names.len() < 200_000, "metadata never filled the devices");
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    for n in &names {
+        fs.unlink(ROOT, name(n))
+            .unwrap_or_else(|e| panic!("unlink {n} on a full filesystem: {e}"));
+    }
+    fs.sync().expect("commit of the removals");
+    fs.shutdown().expect("unmount");
+    drop(fs);
+    let report = common::fsck(&d.specs);
+    assert!(report.is_clean(), "fsck: {:?}", report.problems);
+    assert_eq!(report.files, 0);
+    let fs = Filesystem::open(&d.specs).expect("reopen");
+    assert!(fs.readdir(ROOT, 2).expect("readdir").is_empty());
+    fs.create(ROOT, name("again"), 0o644, ME)
+        .expect("space is back");
+}
+
 #[test]
 fn a_full_metadata_area_refuses_changes_instead_of_losing_them() {
     let d = devices(2, 32 << 20);
