@@ -154,7 +154,7 @@ fn main() {
         let parent = dirs[(i / per_dir) as usize];
         let name = format!("file-{:06}.bin", i % per_dir);
         let dir = m.get(parent).expect("dir");
-        if let Some(&ino) = dir.entries.get(name.as_bytes())
+        if let Some(&ino) = dir.entries().get(name.as_bytes())
             && m.get(ino).is_some()
         {
             found += 1;
@@ -166,7 +166,7 @@ fn main() {
     let mut listed = 0u64;
     for &d in &dirs {
         let dir = m.get(d).expect("dir");
-        for (_, _, ino) in dir.entries.from_position(0) {
+        for (_, _, ino) in dir.entries().from_position(0) {
             if m.get(ino).is_some() {
                 listed += 1;
             }
