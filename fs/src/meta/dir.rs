@@ -265,3 +265,55 @@ mod tests {
         assert_eq!(d.len(), 3);
     }
 }
+
+#[cfg(test)]
+mod model {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against a map by name and a map by position: after random adds and removals
+        /// (enough to compact many times), lookups, the name order, and every stream from
+        /// every position agree.
+        #[test]
+        fn agrees_with_model(ops in proptest::collection::vec((0u8..40, any::<bool>()), 1..300)) {
+            let mut d = DirEntries::default();
+            let mut by_name: BTreeMap<Vec<u8>, (u64, u64)> = BTreeMap::new();
+            let mut next = FIRST_POSITION;
+            for (k, (n, add)) in ops.into_iter().enumerate() {
+                let name = format!("entry-{n}").into_bytes();
+                if add {
+                    let fresh = !by_name.contains_key(&name);
+                    prop_assert_eq!(d.insert(&name, k as u64), fresh);
+                    if fresh {
+                        by_name.insert(name, (k as u64, next));
+                        next += 1;
+                    }
+                } else {
+                    prop_assert_eq!(d.remove(&name), by_name.remove(&name).map(|(i, _)| i));
+                }
+                prop_assert_eq!(d.len(), by_name.len());
+                prop_assert!(d.removed * 2 <= d.slots.len());
+            }
+            for n in 0u8..40 {
+                let name = format!("entry-{n}").into_bytes();
+                prop_assert_eq!(d.get(&name).copied(), by_name.get(&name).map(|&(i, _)| i));
+            }
+            let names: Vec<(Vec<u8>, u64)> = d.iter().map(|(n, &i)| (n.to_vec(), i)).collect();
+            let expected: Vec<(Vec<u8>, u64)> = by_name.iter().map(|(n, &(i, _))| (n.clone(), i)).collect();
+            prop_assert_eq!(names, expected);
+            let mut by_position: Vec<(u64, Vec<u8>, u64)> =
+                by_name.iter().map(|(n, &(i, at))| (at, n.clone(), i)).collect();
+            by_position.sort();
+            for from in 0..next + 2 {
+                let stream: Vec<(u64, Vec<u8>, u64)> =
+                    d.from_position(from).map(|(at, n, i)| (at, n.to_vec(), i)).collect();
+                let expected: Vec<(u64, Vec<u8>, u64)> =
+                    by_position.iter().filter(|e| e.0 >= from).cloned().collect();
+                prop_assert_eq!(stream, expected);
+            }
+        }
+    }
+}

@@ -439,6 +439,22 @@ mod tests {
                     },
                 }
             }
+            // The searches and sums, in whichever form the map is held.
+            let mapped = |o: usize| model.get(o).copied().flatten().is_some();
+            for o in 0..96usize {
+                let data = (o..96).find(|&i| mapped(i)).map(|i| i as u64);
+                prop_assert_eq!(m.next_mapped(o as u64), data);
+                let hole = (o..).find(|&i| !mapped(i)).unwrap_or(96) as u64;
+                prop_assert_eq!(m.next_unmapped(o as u64), hole);
+                if let Some(end) = m.device_end_at(o as u64) {
+                    prop_assert_eq!(o.checked_sub(1).and_then(|p| model[p]), Some(end - 1));
+                }
+            }
+            let stored = model.iter().filter(|d| d.is_some()).count() as u64;
+            prop_assert_eq!(m.stored_bytes(), stored);
+            let end = model.iter().rposition(|d| d.is_some()).map_or(0, |p| p as u64 + 1);
+            prop_assert_eq!(m.end(), end);
+            prop_assert_eq!(m.is_empty(), stored == 0);
         }
     }
 }
