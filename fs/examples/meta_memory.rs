@@ -22,6 +22,8 @@ struct Counting;
 
 static ASKED: AtomicI64 = AtomicI64::new(0);
 static CHUNKS: AtomicI64 = AtomicI64::new(0);
+/// The most `ASKED` has been since it was last reset.
+static PEAK: AtomicI64 = AtomicI64::new(0);
 
 fn chunk(ptr: *mut u8) -> i64 {
     // SAFETY: `ptr` was returned by the system allocator (malloc) and is still live.
@@ -35,7 +37,8 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: same contract as ours.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            ASKED.fetch_add(layout.size() as i64, Ordering::Relaxed);
+            let asked = ASKED.fetch_add(layout.size() as i64, Ordering::Relaxed);
+            PEAK.fetch_max(asked + layout.size() as i64, Ordering::Relaxed);
             CHUNKS.fetch_add(chunk(p), Ordering::Relaxed);
         }
         p
@@ -174,13 +177,32 @@ fn main() {
     }
     let readdir = start.elapsed();
     assert_eq!(listed, n);
+    let held = ASKED.load(Ordering::Relaxed);
+    PEAK.store(held, Ordering::Relaxed);
     let start = Instant::now();
     let records = m.snapshot().len();
     let snapshot = start.elapsed();
+    let transient = PEAK.load(Ordering::Relaxed) - held;
     println!(
-        "lookup+get {:.0} ns/file, readdir+get {:.0} ns/file, snapshot ({records} records) {:.2} s",
+        "lookup+get {:.0} ns/file, readdir+get {:.0} ns/file, snapshot ({records} records) {:.2} s, \
+         its Vec<Record> {:.0} B/file more at its peak (Record is {} B)",
         lookups.as_nanos() as f64 / n as f64,
         readdir.as_nanos() as f64 / n as f64,
-        snapshot.as_secs_f64()
+        snapshot.as_secs_f64(),
+        transient as f64 / n as f64,
+        std::mem::size_of::<Record>()
+    );
+    // The same records encoded one at a time, as a checkpoint could write them.
+    PEAK.store(held, Ordering::Relaxed);
+    let start = Instant::now();
+    let mut bytes = Vec::new();
+    m.each_record(|r| stripefs_layout::ondisk::encode_all(std::slice::from_ref(&r), &mut bytes));
+    let encoded = start.elapsed();
+    let transient = PEAK.load(Ordering::Relaxed) - held;
+    println!(
+        "each_record encoded: {:.0} B/file of records in {:.2} s, {:.0} B/file more at its peak",
+        bytes.len() as f64 / n as f64,
+        encoded.as_secs_f64(),
+        transient as f64 / n as f64
     );
 }
