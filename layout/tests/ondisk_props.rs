@@ -492,3 +492,75 @@ proptest! {
         prop_assert!(is_truncated);
     }
 }
+
+// ---------------------------------------------------------------- piece tables
+
+/// Tables of up to 20 pieces with increasing ids, each stored in 1 to 3 runs per replica.
+fn piece_tables() -> impl Strategy<Value = PieceTable> {
+    (1u16..=3, vec((1u32..200_000, any::<u32>(), 1u64..4), 0..20)).prop_map(|(replicas, raw)| {
+        let mut id = 0;
+        let pieces = raw
+            .into_iter()
+            .map(|(len, crc, gap)| {
+                id += gap;
+                let blocks = u64::from(len).div_ceil(PIECE_BLOCK);
+                let copies = (0..u64::from(replicas))
+                    .map(|r| {
+                        let first = blocks.div_ceil(2);
+                        let mut runs = vec![(r << 30, first * PIECE_BLOCK)];
+                        if blocks > first {
+                            runs.push(((r << 30) + (1 << 20), (blocks - first) * PIECE_BLOCK));
+                        }
+                        runs
+                    })
+                    .collect();
+                PieceEntry {
+                    id,
+                    len,
+                    crc,
+                    replicas: copies,
+                }
+            })
+            .collect();
+        PieceTable { replicas, pieces }
+    })
+}
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    #[test]
+    fn piece_table_round_trips(generation in any::<u64>(), table in piece_tables()) {
+        let bytes = encode_checkpoint_table(generation, &table);
+        let header = decode_checkpoint_header(&bytes).expect("valid header");
+        prop_assert_eq!(header.version, CHECKPOINT_VERSION);
+        prop_assert_eq!(decode_checkpoint_table(header, &bytes[CHECKPOINT_HEADER_LEN..]), Ok(table));
+        prop_assert!(decode_checkpoint_payload(header, &bytes[CHECKPOINT_HEADER_LEN..]).is_err());
+    }
+
+    #[test]
+    fn piece_table_decode_never_panics(bytes in vec(any::<u8>(), 0..4000)) {
+        let _ = decode_piece_table(&bytes);
+    }
+
+    /// A flip anywhere in a table's checkpoint (header or payload) is refused.
+    #[test]
+    fn piece_table_bit_flip_is_detected(table in piece_tables(), bit in any::<Index>()) {
+        let bytes = encode_checkpoint_table(5, &table);
+        let header = decode_checkpoint_header(&bytes).expect("valid header");
+        let end = CHECKPOINT_HEADER_LEN + header.payload_len as usize;
+        let bit = bit.index(end * 8);
+        let flipped = flip(&bytes, bit);
+        let decoded = decode_checkpoint_header(&flipped)
+            .and_then(|h| decode_checkpoint_table(h, &flipped[CHECKPOINT_HEADER_LEN..]));
+        prop_assert!(decoded.is_err());
+    }
+
+    #[test]
+    fn piece_round_trips(records in vec(records(), 0..12)) {
+        let (bytes, len, crc) = encode_piece(&records);
+        prop_assert_eq!(bytes.len() as u64 % PIECE_BLOCK, 0);
+        let entry = PieceEntry { id: 1, len, crc, replicas: vec![vec![(0, bytes.len() as u64)]] };
+        prop_assert_eq!(decode_piece(&entry, &bytes), Ok(records));
+    }
+}

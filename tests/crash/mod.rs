@@ -44,6 +44,7 @@ pub fn workloads() -> Vec<Workload> {
         xattrs_and_layouts(),
         log_wrap(),
         unmount_checkpoint(),
+        metadata_growth(),
     ]
 }
 
@@ -353,5 +354,50 @@ fn unmount_checkpoint() -> Workload {
             Truncate("d/a", 1000),
             Fsync("d/a"),
         ],
+    }
+}
+
+/// A name that lives as long as the workload (workload paths are `&'static str`).
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// The metadata grows over several pieces (256 inodes each) and shrinks again: checkpoints
+/// (the log wraps) write only the pieces that changed, to fresh space, and release the copies
+/// they replace; then a whole piece empties and leaves the table, and file data takes the
+/// space the pieces held.
+fn metadata_growth() -> Workload {
+    use Op::*;
+    const FILES: usize = 600;
+    let dirs = ["g0", "g1", "g2"];
+    let path = |i: usize| leak(format!("{}/f{i:03}", dirs[i % 3]));
+    let mut ops: Vec<Op> = dirs.iter().map(|d| Mkdir(d)).collect();
+    for i in 0..FILES {
+        ops.push(Create(path(i)));
+        if i % 9 == 0 {
+            ops.push(write(path(i), 0, 4096, 1000 + i as u64));
+        }
+        if i % 75 == 74 {
+            ops.push(Fsync(path(i)));
+        }
+    }
+    // Inodes 256..512 (piece 1): the files numbered 251 to 506 (the root is inode 1, the
+    // directories 2 to 4).
+    for i in 251..507 {
+        ops.push(Unlink(path(i)));
+    }
+    ops.push(Sync);
+    ops.push(Create("big"));
+    ops.push(write("big", 0, 3 << 20, 7));
+    ops.push(Fsync("big"));
+    ops.push(Remount);
+    for i in FILES..FILES + 40 {
+        ops.push(Create(path(i)));
+    }
+    ops.push(Fsync(path(FILES)));
+    Workload {
+        name: "metadata growth over pieces, and pieces that empty",
+        mkfs: mkfs(),
+        ops,
     }
 }

@@ -3,14 +3,13 @@
 //! and `fsync`/`fdatasync` wait for the commit their data needs (see `commit` for the
 //! group commit and the busy extents).
 
-use std::sync::atomic::Ordering;
-
-use stripefs_layout::ondisk::Record;
+use stripefs_layout::ondisk::{Record, Superblock};
 
 use super::Filesystem;
 use super::commit::Lsn;
 use super::error::FsError;
 use super::journal::Journal;
+use super::pieces::{self, Staged};
 use crate::meta::Metadata;
 
 impl Filesystem {
@@ -60,25 +59,86 @@ impl Filesystem {
         }
     }
 
-    /// Writes a checkpoint of the metadata and empties the queue, both cut at the same
-    /// change (under the metadata lock, so no change falls between the snapshot and the cut:
-    /// a change in both would be replayed twice, one in neither would be lost).
+    /// Writes a checkpoint of the pieces changed since the last one and empties the queue,
+    /// both cut at the same change (under the metadata lock, so no change falls between the
+    /// pieces and the cut: a change in both would be replayed twice, one in neither would
+    /// be lost).
     pub(super) fn write_checkpoint(&self, journal: &mut Journal) -> Result<Lsn, FsError> {
-        let (snapshot, cut) = {
+        let (staged, cut, dirty) = {
             let meta = self.meta.read();
             let cut = self.pending.lock().take();
-            (meta.snapshot(), cut)
+            let dirty = self.pieces.lock().take();
+            let changed = dirty.iter().map(|&p| (p, meta.piece_records(p))).collect();
+            let staged = pieces::stage(journal, changed, &mut self.alloc.lock());
+            (staged, cut, dirty)
         };
-        match journal.checkpoint(&self.devices, &self.pool, &snapshot) {
-            Ok(()) => {
+        let result = staged.and_then(|staged| {
+            journal.write_checkpoint(&self.devices, &self.pool, &staged)?;
+            Ok(staged)
+        });
+        match result {
+            Ok(staged) => {
+                self.stored(&staged);
                 self.settle(cut.through);
                 Ok(cut.through)
             }
             Err(e) => {
+                // Space taken for pieces that were not made durable stays taken until the
+                // next mount: a header may have reached a device, so it cannot be reused.
                 self.pending.lock().restore(cut);
+                self.pieces.lock().restore(dirty);
+                self.keep_metadata_room();
                 Err(e)
             }
         }
+    }
+
+    /// A checkpoint stored `staged`: the copies it replaced are free, and the pieces'
+    /// sizes are what the next bound starts from.
+    fn stored(&self, staged: &Staged) {
+        {
+            let mut pieces = self.pieces.lock();
+            for (entry, _) in &staged.writes {
+                pieces.stored(entry.id, entry.padded_len());
+            }
+            for &id in &staged.removed {
+                pieces.stored(id, 0);
+            }
+        }
+        {
+            let mut alloc = self.alloc.lock();
+            for &(device, start, len) in &staged.replaced {
+                alloc.release(usize::from(device), start, len);
+            }
+        }
+        self.keep_metadata_room();
+    }
+
+    /// Keeps free, on every replica device, the space the next checkpoint may take.
+    pub(super) fn keep_metadata_room(&self) {
+        let bound = self.pieces.lock().bound();
+        let mut alloc = self.alloc.lock();
+        for device in self.replica_devices() {
+            alloc.keep(device, bound + self.meta_slack);
+        }
+    }
+
+    /// The metadata replica devices.
+    pub(super) fn replica_devices(&self) -> Vec<usize> {
+        (0..self.superblocks.len())
+            .filter(|&d| self.superblocks[d].meta_len > 0)
+            .collect()
+    }
+
+    /// Bytes of metadata that can still be added before the replicas are full.
+    pub(super) fn metadata_room(&self) -> u64 {
+        let bound = self.pieces.lock().bound();
+        let alloc = self.alloc.lock();
+        self.replica_devices()
+            .into_iter()
+            .map(|d| alloc.free(d).saturating_sub(bound + self.meta_slack))
+            .min()
+            .unwrap_or(0)
     }
 
     /// The changes through `durable` are on the log: the space they freed can be reused.
@@ -98,7 +158,7 @@ impl Filesystem {
     /// `MetadataFull` (ENOSPC) when the metadata could no longer be checkpointed, so that
     /// nothing is acknowledged that cannot be made durable.
     pub(super) fn change(&self, meta: &mut Metadata, records: Vec<Record>) -> Result<(), FsError> {
-        self.reserve_metadata(meta, &records)?;
+        self.reserve_metadata(&records)?;
         let mut pending = self.pending.lock();
         let lsn = pending.begin();
         for r in records {
@@ -111,11 +171,11 @@ impl Filesystem {
         Ok(())
     }
 
-    pub(super) fn reserve_metadata(
-        &self,
-        meta: &Metadata,
-        records: &[Record],
-    ) -> Result<(), FsError> {
+    /// Counts `records` into the next checkpoint's pieces, once the replicas are known to
+    /// have room for them: refused with `MetadataFull` (ENOSPC) otherwise, so that nothing
+    /// is acknowledged that cannot be made durable. A change that only removes may use the
+    /// slack kept for it, so that a full filesystem can always be emptied.
+    pub(super) fn reserve_metadata(&self, records: &[Record]) -> Result<(), FsError> {
         let grows = records.iter().any(|r| {
             !matches!(
                 r,
@@ -126,27 +186,35 @@ impl Filesystem {
                     | Record::RemoveXattr { .. }
             )
         });
-        if !grows {
-            return Ok(());
-        }
-        let mut encoded = Vec::new();
-        stripefs_layout::ondisk::encode_all(records, &mut encoded);
-        let delta = encoded.len() as u64;
-        let estimate = self.meta_estimate.fetch_add(delta, Ordering::Relaxed) + delta;
-        // Leave room for the records of the change that are replaced (inode records), which
-        // the estimate counts twice, by measuring exactly once the estimate gets close.
-        if estimate <= self.meta_capacity / 10 * 9 {
-            return Ok(());
-        }
-        let exact = checkpoint_size(&meta.snapshot());
-        self.meta_estimate.store(exact + delta, Ordering::Relaxed);
-        if exact + delta > self.meta_capacity {
-            self.meta_estimate.store(exact, Ordering::Relaxed);
+        let sizes: Vec<u64> = records.iter().map(encoded_len).collect();
+        let mut pieces = self.pieces.lock();
+        let bound = pieces.bound_after(records, &sizes);
+        let needed = if grows {
+            bound + self.meta_slack
+        } else {
+            bound
+        };
+        let free = {
+            let alloc = self.alloc.lock();
+            self.replica_devices()
+                .into_iter()
+                .map(|d| alloc.free(d))
+                .min()
+                .unwrap_or(0)
+        };
+        let entries = (pieces.stored_count() + pieces.new_count() + records.len()) as u64;
+        let table = CHECKPOINT_OVERHEAD + entries * TABLE_ENTRY_BOUND;
+        if free < needed || (grows && table > self.meta_capacity) {
             return Err(FsError::MetadataFull {
-                needed: exact + delta,
-                available: self.meta_capacity,
+                needed: needed.max(table),
+                available: free.min(self.meta_capacity),
             });
         }
+        for (r, size) in records.iter().zip(sizes) {
+            pieces.touch(r, size);
+        }
+        drop(pieces);
+        self.keep_metadata_room();
         Ok(())
     }
 
@@ -187,11 +255,28 @@ impl Filesystem {
 /// Bytes of a checkpoint's header block.
 pub(super) const CHECKPOINT_OVERHEAD: u64 = stripefs_layout::ondisk::CHECKPOINT_HEADER_LEN as u64;
 
-/// Bytes a checkpoint of `records` takes on a device.
-pub(super) fn checkpoint_size(records: &[Record]) -> u64 {
+/// Bytes a piece's table entry takes at most with two replicas of two runs each (most take
+/// one run; the table's size is checked exactly when it is written).
+const TABLE_ENTRY_BOUND: u64 = 16 + 2 * (2 + 2 * 16);
+
+/// Bytes of each replica kept beyond what the next checkpoint needs, for changes that only
+/// remove (and their checkpoint), so that a full filesystem can always be emptied: 4 MiB, or
+/// 1/32 of the smallest replica data area if that is less.
+pub(super) fn metadata_slack(superblocks: &[Superblock]) -> u64 {
+    let smallest = superblocks
+        .iter()
+        .filter(|sb| sb.meta_len > 0)
+        .map(|sb| sb.data_len)
+        .min()
+        .unwrap_or(0);
+    (smallest / 32).min(4 << 20) / 4096 * 4096
+}
+
+/// Bytes `record` takes encoded.
+fn encoded_len(record: &Record) -> u64 {
     let mut bytes = Vec::new();
-    stripefs_layout::ondisk::encode_all(records, &mut bytes);
-    CHECKPOINT_OVERHEAD + (bytes.len() as u64).next_multiple_of(4096)
+    record.encode(&mut bytes);
+    bytes.len() as u64
 }
 
 /// The inode whose data mapping or size `record` changes, if it does (read before it is

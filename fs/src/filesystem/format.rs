@@ -10,6 +10,8 @@ use stripefs_layout::{StripeLayout, StripeUnit};
 use super::bounce::{BouncePool, read_device, write_device};
 use super::error::FsError;
 use super::journal::{self, Journal};
+use super::pieces;
+use crate::meta::alloc::Allocator;
 use crate::meta::{self, ROOT};
 
 /// Filesystem block size: allocation unit and alignment of the data path.
@@ -50,7 +52,14 @@ pub fn mkfs(devices: &[DeviceQueue], options: &MkfsOptions) -> Result<Vec<Superb
         zero(devices, &pool, area.device, area.offset, area.len)?;
     }
     let mut journal = Journal::fresh(areas);
-    journal.checkpoint(devices, &pool, &[root_record()])?;
+    let data: Vec<(u64, u64)> = superblocks
+        .iter()
+        .map(|sb| (sb.data_offset, sb.data_len))
+        .collect();
+    let mut alloc = Allocator::new(&data);
+    let root = vec![(stripefs_layout::ondisk::piece_of(ROOT), vec![root_record()])];
+    let staged = pieces::stage(&journal, root, &mut alloc)?;
+    journal.write_checkpoint(devices, &pool, &staged)?;
     for (i, sb) in superblocks.iter().enumerate() {
         write_device(devices, &pool, i, 0, &sb.encode())?;
         devices[i].sync()?;

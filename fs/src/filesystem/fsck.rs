@@ -10,6 +10,7 @@ use super::bounce::BouncePool;
 use super::error::FsError;
 use super::format::{self, BLOCK_SIZE, stripe_layout};
 use super::journal::{self, Journal, Loaded};
+use super::pieces::{self, Space};
 use crate::meta::alloc::Allocator;
 use crate::meta::{self, Metadata, ROOT};
 
@@ -45,6 +46,7 @@ impl FsckReport {
 /// `Err`; everything else is collected in the report.
 pub fn fsck(devices: &[DeviceQueue]) -> Result<FsckReport, FsError> {
     let read = read_metadata(devices, u64::MAX - 1)?;
+    let piece_space = read.piece_space();
     let mut report = FsckReport {
         checkpoint_generation: read.loaded.journal.generation(),
         log_entries: read.loaded.log_entries,
@@ -52,7 +54,13 @@ pub fn fsck(devices: &[DeviceQueue]) -> Result<FsckReport, FsError> {
         problems: read.unapplied,
         ..FsckReport::default()
     };
-    check_metadata(&read.meta, &read.superblocks, devices, &mut report);
+    check_metadata(
+        &read.meta,
+        &piece_space,
+        &read.superblocks,
+        devices,
+        &mut report,
+    );
     Ok(report)
 }
 
@@ -76,11 +84,10 @@ pub(super) fn read_metadata(
     let loaded = Journal::load(devices, &pool, journal::areas(&superblocks))?;
     let mut meta = Metadata::default();
     let mut unapplied = Vec::new();
-    for (i, r) in loaded.records.iter().enumerate() {
-        if let Err(e) = meta.apply(r) {
-            unapplied.push(format!("metadata record {i} ({}): {e}", describe(r)));
-        }
-    }
+    pieces::replay(&loaded, devices, &pool, &mut meta, &mut |e, r| {
+        unapplied.push(format!("metadata {} record ({e})", describe(r)));
+        Ok(())
+    })?;
     Ok(ReadMetadata {
         pool,
         superblocks,
@@ -90,17 +97,47 @@ pub(super) fn read_metadata(
     })
 }
 
-/// Every check of metadata loaded in memory, into `report`.
+impl ReadMetadata {
+    /// The space the checkpoint's pieces take on the replicas.
+    pub(super) fn piece_space(&self) -> Vec<Space> {
+        let replicas: Vec<usize> = self
+            .loaded
+            .journal
+            .areas()
+            .iter()
+            .map(|a| a.device)
+            .collect();
+        pieces::table_space(self.loaded.journal.table(), &replicas)
+    }
+}
+
+/// Every check of metadata loaded in memory, into `report`; `pieces` is the space the
+/// metadata's pieces take.
 pub(super) fn check_metadata(
     meta: &Metadata,
+    pieces: &[Space],
     superblocks: &[Superblock],
     devices: &[DeviceQueue],
     report: &mut FsckReport,
 ) {
     check_tree(meta, report);
     check_layouts_and_sizes(meta, superblocks.len(), report);
-    check_space(meta, superblocks, devices, report);
+    check_space(meta, pieces, superblocks, devices, report);
     count(meta, report);
+}
+
+/// An allocator whose free space is the data areas less every file's extents.
+pub(super) fn allocator_of(meta: &Metadata, superblocks: &[Superblock]) -> Allocator {
+    let areas: Vec<(u64, u64)> = superblocks
+        .iter()
+        .map(|sb| (sb.data_offset, sb.data_len))
+        .collect();
+    let mut alloc = Allocator::new(&areas);
+    for (device, start, len) in meta.iter().flat_map(meta::freed_all) {
+        // Overlaps are fsck's to report; here they are simply taken once.
+        let _ = alloc.reserve(usize::from(device), start, len);
+    }
+    alloc
 }
 
 pub(super) fn describe(r: &Record) -> &'static str {
@@ -248,6 +285,7 @@ fn check_layouts_and_sizes(meta: &Metadata, device_count: usize, report: &mut Fs
 
 fn check_space(
     meta: &Metadata,
+    pieces: &[Space],
     superblocks: &[stripefs_layout::ondisk::Superblock],
     devices: &[DeviceQueue],
     report: &mut FsckReport,
@@ -257,6 +295,17 @@ fn check_space(
         .map(|sb| (sb.data_offset, sb.data_len))
         .collect();
     let mut alloc = Allocator::new(&areas);
+    for &(device, start, len) in pieces {
+        let d = usize::from(device);
+        let name = devices
+            .get(d)
+            .map_or_else(|| format!("#{d}"), |q| q.name().to_string());
+        if alloc.reserve(d, start, len).is_err() {
+            report.problems.push(format!(
+                "metadata piece copy {start}+{len} on {name} is outside the data area or overlaps another piece"
+            ));
+        }
+    }
     for inode in meta.iter() {
         for (device, start, len) in meta::freed_all(inode) {
             report.bytes_stored += len;
@@ -272,7 +321,7 @@ fn check_space(
                 ));
             } else if alloc.reserve(d, start, len).is_err() {
                 report.problems.push(format!(
-                    "inode {}: extent {start}+{len} on {name} overlaps space owned by another extent",
+                    "inode {}: extent {start}+{len} on {name} overlaps space owned by another extent or a metadata piece",
                     inode.ino()
                 ));
             }

@@ -1,17 +1,20 @@
 //! The metadata log and its checkpoints, kept on every metadata replica device.
 //!
 //! A replica's metadata area holds two checkpoint slots and a log. A checkpoint of generation
-//! `g` lives in slot `g % 2`; the log after it holds entries of generation `g` with sequence
-//! numbers 1, 2, 3… Mount takes the newest valid checkpoint and replays its log up to the first
-//! entry that is missing or torn; a commit that did not finish is simply not there.
+//! `g` lives in slot `g % 2`: a table of where the metadata's pieces are (see `pieces`); the
+//! log after it holds entries of generation `g` with sequence numbers 1, 2, 3… Mount takes the
+//! newest valid checkpoint and replays its log up to the first entry that is missing or torn;
+//! a commit that did not finish is simply not there.
 
 use stripefs_engine::DeviceQueue;
 use stripefs_layout::ondisk::{
-    self, CHECKPOINT_HEADER_LEN, CheckpointHeader, LOG_BLOCK, Record, Superblock,
+    self, CHECKPOINT_HEADER_LEN, CHECKPOINT_VERSION, CheckpointHeader, LOG_BLOCK, PieceTable,
+    Record, Superblock,
 };
 
 use super::bounce::{BouncePool, read_device, write_device};
 use super::error::FsError;
+use super::pieces::Staged;
 
 /// Where the areas of one replica are.
 #[derive(Clone, Copy, Debug)]
@@ -59,11 +62,17 @@ pub(crate) struct Journal {
     generation: u64,
     next_seq: u64,
     log_pos: u64,
+    /// Where the current checkpoint's pieces are.
+    table: PieceTable,
 }
 
-/// What mount found: the checkpoint's records and the log's, in order.
+/// What mount found: the checkpoint (its table, in the journal; or, from a version 1
+/// checkpoint, its records) and the log's records, in order.
 pub(crate) struct Loaded {
     pub journal: Journal,
+    /// A version 1 checkpoint's records; empty for a table (whose pieces `replay` reads).
+    pub base: Vec<Record>,
+    /// The log's records, in order.
     pub records: Vec<Record>,
     pub log_entries: u64,
     /// Checkpoints with a whole header that did not load (a newer one torn by a crash, or
@@ -75,12 +84,27 @@ pub(crate) struct Loaded {
 impl Journal {
     /// A journal for a fresh filesystem whose first checkpoint has generation 1.
     pub(crate) fn fresh(areas: Vec<MetaArea>) -> Self {
+        let replicas = areas.len() as u16;
         Journal {
             areas,
             generation: 0,
             next_seq: 1,
             log_pos: 0,
+            table: PieceTable {
+                replicas,
+                pieces: Vec::new(),
+            },
         }
+    }
+
+    /// The replicas' metadata areas, in the order of the table's copies.
+    pub(crate) fn areas(&self) -> &[MetaArea] {
+        &self.areas
+    }
+
+    /// Where the current checkpoint's pieces are.
+    pub(crate) fn table(&self) -> &PieceTable {
+        &self.table
     }
 
     /// The current checkpoint generation.
@@ -128,16 +152,24 @@ impl Journal {
                 .iter()
                 .filter(|(h, _)| h.generation == generation)
             {
-                match load_replica(devices, pool, area, header) {
-                    Ok((records, entries, log_pos)) => {
+                match load_replica(devices, pool, area, header, areas.len()) {
+                    Ok((checkpoint, records, entries, log_pos)) => {
                         if best_load.as_ref().is_none_or(|b| entries > b.log_entries) {
+                            let (base, table) = match checkpoint {
+                                Checkpoint::Records(base) => {
+                                    (base, Journal::fresh(areas.clone()).table)
+                                }
+                                Checkpoint::Table(table) => (Vec::new(), table),
+                            };
                             best_load = Some(Loaded {
                                 journal: Journal {
                                     areas: areas.clone(),
                                     generation,
                                     next_seq: entries + 1,
                                     log_pos,
+                                    table,
                                 },
+                                base,
                                 records,
                                 log_entries: entries,
                                 passed_over: passed_over.clone(),
@@ -214,15 +246,17 @@ impl Journal {
         Ok(true)
     }
 
-    /// Writes a checkpoint of generation+1 to every replica; the log starts over.
-    pub(crate) fn checkpoint(
+    /// Writes checkpoint generation+1 to every replica: the pieces `staged` in fresh space,
+    /// then the table that names them; the log starts over. Nothing the current checkpoint
+    /// uses is written over, so a crash at any point leaves it and its log as they were.
+    pub(crate) fn write_checkpoint(
         &mut self,
         devices: &[DeviceQueue],
         pool: &BouncePool,
-        records: &[Record],
+        staged: &Staged,
     ) -> Result<(), FsError> {
         let generation = self.generation + 1;
-        let image = ondisk::encode_checkpoint(generation, records);
+        let image = ondisk::encode_checkpoint_table(generation, &staged.table);
         let available = self.areas.iter().map(MetaArea::slot_len).min().unwrap_or(0);
         if image.len() as u64 > available {
             return Err(FsError::MetadataFull {
@@ -230,10 +264,20 @@ impl Journal {
                 available,
             });
         }
-        // Data first (the checkpoint points at it), then every replica's payload, then —
-        // once the payloads are durable — the headers that make them valid. A crash in
-        // between leaves the older checkpoint (in the other slot) and its log as they were.
+        // Data first (the pieces point at it), then every replica's pieces and table, then —
+        // once they are durable — the headers that make them valid. A crash in between leaves
+        // the older checkpoint (in the other slot), its pieces and its log as they were.
         flush(devices, 0..devices.len())?;
+        for (entry, bytes) in &staged.writes {
+            for (area, runs) in self.areas.iter().zip(&entry.replicas) {
+                let mut at = 0usize;
+                for &(offset, len) in runs {
+                    let end = (at + len as usize).min(bytes.len());
+                    write_device(devices, pool, area.device, offset, &bytes[at..end])?;
+                    at = end;
+                }
+            }
+        }
         let (header, payload) = image.split_at(CHECKPOINT_HEADER_LEN);
         for area in &self.areas {
             let at = area.slot_offset(generation);
@@ -259,6 +303,7 @@ impl Journal {
         self.generation = generation;
         self.next_seq = 1;
         self.log_pos = 0;
+        self.table = staged.table.clone();
         Ok(())
     }
 }
@@ -303,14 +348,23 @@ fn read_header(
     })
 }
 
-/// Reads one replica's checkpoint payload and valid log; returns the records, the number of
-/// log entries and the log's end.
+/// What a checkpoint's payload holds.
+enum Checkpoint {
+    /// Version 1: every record.
+    Records(Vec<Record>),
+    /// Version 2: where the pieces are.
+    Table(PieceTable),
+}
+
+/// Reads one replica's checkpoint payload and valid log; returns the checkpoint, the log's
+/// records, the number of log entries and the log's end.
 fn load_replica(
     devices: &[DeviceQueue],
     pool: &BouncePool,
     area: &MetaArea,
     header: &CheckpointHeader,
-) -> Result<(Vec<Record>, u64, u64), FsError> {
+    replicas: usize,
+) -> Result<(Checkpoint, Vec<Record>, u64, u64), FsError> {
     let device = devices[area.device].name().to_string();
     let corrupt = |what: String| FsError::Corrupt {
         device: device.clone(),
@@ -330,8 +384,23 @@ fn load_replica(
         area.slot_offset(header.generation) + LOG_BLOCK as u64,
         &mut payload,
     )?;
-    let mut records = ondisk::decode_checkpoint_payload(*header, &payload)
-        .map_err(|e| corrupt(format!("checkpoint {}: {e}", header.generation)))?;
+    let checkpoint = if header.version == CHECKPOINT_VERSION {
+        let table = ondisk::decode_checkpoint_table(*header, &payload)
+            .map_err(|e| corrupt(format!("checkpoint {}: {e}", header.generation)))?;
+        if usize::from(table.replicas) != replicas {
+            return Err(corrupt(format!(
+                "checkpoint {} names {} replicas of each piece, but the filesystem has {replicas} metadata devices",
+                header.generation, table.replicas
+            )));
+        }
+        Checkpoint::Table(table)
+    } else {
+        Checkpoint::Records(
+            ondisk::decode_checkpoint_payload(*header, &payload)
+                .map_err(|e| corrupt(format!("checkpoint {}: {e}", header.generation)))?,
+        )
+    };
+    let mut records = Vec::new();
     let mut log = vec![0u8; area.log_len() as usize];
     read_device(devices, pool, area.device, area.log_offset(), &mut log)?;
     let (mut pos, mut seq) = (0usize, 1u64);
@@ -346,5 +415,5 @@ fn load_replica(
             Err(e) => return Err(corrupt(format!("log entry {seq} at {pos}: {e}"))),
         }
     }
-    Ok((records, seq - 1, pos as u64))
+    Ok((checkpoint, records, seq - 1, pos as u64))
 }

@@ -17,6 +17,7 @@ mod format;
 mod fsck;
 mod journal;
 mod namespace;
+mod pieces;
 mod registered;
 mod repair;
 mod rewrite;
@@ -31,7 +32,7 @@ pub use space::{Fallocate, Seek};
 pub use xattr::{CONTROL_XATTR, LAYOUT_XATTR, XattrFlags, format_layout};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +43,7 @@ use stripefs_layout::ondisk::{Record, Superblock, Timestamp};
 use stripefs_mapping::Mapping;
 
 use crate::meta::alloc::Allocator;
+use crate::meta::pieces::DirtyPieces;
 use crate::meta::{self, Metadata, ROOT};
 
 pub use error::FsError;
@@ -51,7 +53,6 @@ pub use repair::{RepairReport, repair};
 
 use bounce::BouncePool;
 use commit::{CommitGate, Pending};
-use durability::checkpoint_size;
 use journal::Journal;
 use tail::DataLock;
 
@@ -201,11 +202,12 @@ pub struct Filesystem {
     /// Where the mount's control endpoint listens (shown as an xattr on every inode).
     control_socket: RwLock<Option<std::path::PathBuf>>,
     closed: AtomicBool,
-    /// Bytes a checkpoint may take (the smallest replica slot).
+    /// Bytes a checkpoint's table may take (the smallest replica slot).
     meta_capacity: u64,
-    /// Bytes the metadata would take as a checkpoint: exact after `measure`, plus the encoded
-    /// size of every record applied since (an overestimate, corrected when it matters).
-    meta_estimate: AtomicU64,
+    /// The pieces of the metadata changed since the last checkpoint.
+    pieces: Mutex<DirtyPieces>,
+    /// Bytes of each replica kept for changes that only remove.
+    meta_slack: u64,
 }
 
 /// Current time as a record timestamp.
@@ -277,15 +279,14 @@ impl Filesystem {
         let superblocks = format::check_device_set(&devices, &pool)?;
         let loaded = Journal::load(&devices, &pool, journal::areas(&superblocks))?;
         let mut metadata = Metadata::default();
-        for (i, r) in loaded.records.iter().enumerate() {
-            metadata.apply(r).map_err(|e| FsError::Corrupt {
-                device: devices[0].name().to_string(),
-                what: format!(
-                    "record {i} of generation {}: {e}",
-                    loaded.journal.generation()
-                ),
-            })?;
-        }
+        let generation = loaded.journal.generation();
+        let name = devices[0].name().to_string();
+        let mut changed = pieces::replay(&loaded, &devices, &pool, &mut metadata, &mut |e, _| {
+            Err(FsError::Corrupt {
+                device: name.clone(),
+                what: format!("generation {generation}, {e}"),
+            })
+        })?;
         if metadata.get(ROOT).is_none_or(|r| !r.is_dir()) {
             return Err(FsError::Corrupt {
                 device: devices[0].name().to_string(),
@@ -293,18 +294,31 @@ impl Filesystem {
             });
         }
         for ino in metadata.orphans() {
-            metadata.apply(&Record::FreeInode { ino })?;
+            let free = Record::FreeInode { ino };
+            changed.insert(meta::pieces::piece_touched(&free));
+            metadata.apply(&free)?;
         }
-        let alloc = build_allocator(&superblocks, &metadata, &devices)?;
+        let journal = loaded.journal;
+        let alloc = build_allocator(&superblocks, &metadata, &journal, &devices)?;
         let meta_capacity = journal::areas(&superblocks)
             .iter()
             .map(journal::MetaArea::slot_len)
             .min()
             .unwrap_or(0);
-        let meta_estimate = AtomicU64::new(checkpoint_size(&metadata.snapshot()));
+        let mut dirty = DirtyPieces::new(
+            journal
+                .table()
+                .pieces
+                .iter()
+                .map(|p| (p.id, p.padded_len())),
+        );
+        for p in changed {
+            dirty.mark(p);
+        }
         let fs = Arc::new(Filesystem {
             meta_capacity,
-            meta_estimate,
+            pieces: Mutex::new(dirty),
+            meta_slack: durability::metadata_slack(&superblocks),
             id,
             pool,
             superblocks,
@@ -312,7 +326,7 @@ impl Filesystem {
             alloc: Mutex::new(alloc),
             pending: Mutex::new(Pending::default()),
             commits: CommitGate::default(),
-            journal: Mutex::new(loaded.journal),
+            journal: Mutex::new(journal),
             open_files: Mutex::new(HashMap::new()),
             data_locks: DashMap::new(),
             registrations: DashMap::new(),
@@ -413,11 +427,10 @@ impl Filesystem {
             let free = (0..n).map(|d| alloc.free(d)).sum::<u64>() + pending.busy_bytes();
             (blocks, (free / BLOCK_SIZE).min(blocks))
         };
-        // A small file costs about this much metadata (inode, name, an extent or two).
+        // A small file costs about this much metadata (inode, name, an extent or two), on
+        // every metadata replica.
         const BYTES_PER_FILE: u64 = 256;
-        let meta_free = self
-            .meta_capacity
-            .saturating_sub(self.meta_estimate.load(Ordering::Relaxed));
+        let meta_free = self.metadata_room();
         StatFs {
             blocks,
             bfree,
@@ -494,6 +507,7 @@ fn fs_id() -> u64 {
 fn build_allocator(
     superblocks: &[Superblock],
     meta: &Metadata,
+    journal: &Journal,
     devices: &[DeviceQueue],
 ) -> Result<Allocator, FsError> {
     let areas: Vec<(u64, u64)> = superblocks
@@ -501,7 +515,9 @@ fn build_allocator(
         .map(|sb| (sb.data_offset, sb.data_len))
         .collect();
     let mut alloc = Allocator::new(&areas);
-    for (device, start, len) in meta.iter().flat_map(meta::freed_all) {
+    let replicas: Vec<usize> = journal.areas().iter().map(|a| a.device).collect();
+    let pieces = pieces::table_space(journal.table(), &replicas);
+    for (device, start, len) in meta.iter().flat_map(meta::freed_all).chain(pieces) {
         alloc
             .reserve(usize::from(device), start, len)
             .map_err(|e| FsError::Corrupt {

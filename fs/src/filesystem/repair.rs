@@ -18,6 +18,7 @@ use stripefs_layout::ondisk::Record;
 use super::error::FsError;
 use super::format::{BLOCK_SIZE, stripe_layout};
 use super::fsck::{self, FsckReport, ReadMetadata};
+use super::pieces;
 use crate::meta::{Metadata, freed_all};
 
 /// What `repair` did.
@@ -42,13 +43,15 @@ impl RepairReport {
 /// reading the metadata at all (bad superblocks, wrong device set, no valid checkpoint on
 /// any replica) are returned as `Err`, with nothing written.
 pub fn repair(devices: &[DeviceQueue]) -> Result<RepairReport, FsError> {
+    let read = fsck::read_metadata(devices, u64::MAX - 2)?;
+    let piece_space = read.piece_space();
     let ReadMetadata {
         pool,
         superblocks,
         mut loaded,
         mut meta,
         unapplied,
-    } = fsck::read_metadata(devices, u64::MAX - 2)?;
+    } = read;
     let mut report = RepairReport {
         checkpoint_generation: loaded.journal.generation(),
         ..RepairReport::default()
@@ -77,7 +80,7 @@ pub fn repair(devices: &[DeviceQueue]) -> Result<RepairReport, FsError> {
         report.repaired.push(why);
     }
     let mut left = FsckReport::default();
-    fsck::check_metadata(&meta, &superblocks, devices, &mut left);
+    fsck::check_metadata(&meta, &piece_space, &superblocks, devices, &mut left);
     if !left.problems.is_empty() {
         report.refused.extend(
             left.problems
@@ -96,9 +99,26 @@ pub fn repair(devices: &[DeviceQueue]) -> Result<RepairReport, FsError> {
     if report.repaired.is_empty() {
         return Ok(report);
     }
-    loaded
-        .journal
-        .checkpoint(devices, &pool, &meta.snapshot())?;
+    // Every piece is written again, to space that neither the files nor the pieces of the
+    // current checkpoint use; the pieces the table names but no inode is in any more go.
+    let replicas: Vec<usize> = loaded.journal.areas().iter().map(|a| a.device).collect();
+    let mut alloc = fsck::allocator_of(&meta, &superblocks);
+    for (d, s, l) in pieces::table_space(loaded.journal.table(), &replicas) {
+        alloc
+            .reserve(usize::from(d), s, l)
+            .map_err(|e| FsError::Corrupt {
+                device: devices[usize::from(d)].name().to_string(),
+                what: format!("a metadata piece's space: {e}"),
+            })?;
+    }
+    let mut ids = meta.pieces();
+    ids.extend(loaded.journal.table().pieces.iter().map(|p| p.id));
+    let changed = ids
+        .into_iter()
+        .map(|p| (p, meta.piece_records(p)))
+        .collect();
+    let staged = pieces::stage(&loaded.journal, changed, &mut alloc)?;
+    loaded.journal.write_checkpoint(devices, &pool, &staged)?;
     report.checkpoint_generation = loaded.journal.generation();
     report.repaired.push(format!(
         "wrote checkpoint generation {} (the log starts over)",

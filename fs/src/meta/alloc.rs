@@ -28,6 +28,9 @@ struct FreeSpace {
 pub struct Allocator {
     devices: Vec<FreeSpace>,
     capacity: Vec<u64>,
+    /// Bytes of each device that [`Allocator::allocate`] leaves free: kept for the next
+    /// checkpoint's metadata pieces, which [`Allocator::allocate_kept`] may take.
+    kept: Vec<u64>,
 }
 
 impl Allocator {
@@ -46,7 +49,20 @@ impl Allocator {
         Allocator {
             devices,
             capacity: areas.iter().map(|&(_, l)| l).collect(),
+            kept: vec![0; areas.len()],
         }
+    }
+
+    /// Keeps `bytes` of `device` free for metadata: data allocations leave them.
+    pub fn keep(&mut self, device: usize, bytes: u64) {
+        if let Some(k) = self.kept.get_mut(device) {
+            *k = bytes;
+        }
+    }
+
+    /// Bytes of `device` kept for metadata.
+    pub fn kept(&self, device: usize) -> u64 {
+        self.kept.get(device).copied().unwrap_or(0)
     }
 
     /// Free bytes on `device`.
@@ -80,9 +96,28 @@ impl Allocator {
         Ok(())
     }
 
-    /// Takes `len` bytes on `device`, preferring to continue at `goal`; returns the runs
-    /// taken (several if free space is fragmented). All or nothing.
+    /// Takes `len` bytes on `device`, preferring to continue at `goal`, leaving what is kept
+    /// for metadata; returns the runs taken (several if free space is fragmented). All or
+    /// nothing.
     pub fn allocate(
+        &mut self,
+        device: usize,
+        len: u64,
+        goal: Option<u64>,
+    ) -> Result<Vec<(u64, u64)>, AllocError> {
+        let free = self.free(device).saturating_sub(self.kept(device));
+        if free < len {
+            return Err(AllocError::NoSpace {
+                device,
+                wanted: len,
+                free,
+            });
+        }
+        self.allocate_kept(device, len, goal)
+    }
+
+    /// Like [`Allocator::allocate`], and may take the space kept for metadata.
+    pub fn allocate_kept(
         &mut self,
         device: usize,
         len: u64,
@@ -183,5 +218,17 @@ mod tests {
             a.allocate(0, 4096, None),
             Err(AllocError::NoSpace { .. })
         ));
+    }
+
+    #[test]
+    fn kept_space_is_left_to_metadata() {
+        let mut a = Allocator::new(&[(0, 16384)]);
+        a.keep(0, 8192);
+        assert!(matches!(
+            a.allocate(0, 12288, None),
+            Err(AllocError::NoSpace { free: 8192, .. })
+        ));
+        assert_eq!(a.allocate(0, 8192, None).unwrap(), vec![(0, 8192)]);
+        assert_eq!(a.allocate_kept(0, 8192, None).unwrap(), vec![(8192, 8192)]);
     }
 }

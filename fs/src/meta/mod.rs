@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod dir;
 pub mod extents;
+pub mod pieces;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -773,9 +774,9 @@ impl Metadata {
         out
     }
 
-    /// The records of [`Metadata::snapshot`], in the same order, one at a time: a checkpoint
-    /// can encode them as they come instead of holding them all (at a million files the
-    /// whole list is some 500 MB; the metadata itself some 200 MB).
+    /// The records of [`Metadata::snapshot`], in the same order, one at a time: they can be
+    /// encoded as they come instead of all held (at a million files the whole list is some
+    /// 1 GB; the metadata itself some 200 MB).
     pub fn each_record(&self, mut f: impl FnMut(Record)) {
         let mut inodes: Vec<&Inode> = self.iter().collect();
         inodes.sort_unstable_by_key(|i| i.ino);
@@ -783,33 +784,44 @@ impl Metadata {
             f(Record::Inode(inode.record()));
         }
         for inode in inodes {
-            let ino = inode.ino;
-            for (name, &child) in inode.entries() {
-                f(Record::Link {
-                    parent: ino,
-                    name: name.to_vec(),
-                    ino: child,
-                });
-            }
-            for (column, map) in inode.extents().iter().enumerate() {
-                for e in map.iter() {
-                    f(Record::Extent {
-                        ino,
-                        column: column as u16,
-                        object_offset: e.object_offset,
-                        device_offset: e.device_offset,
-                        len: e.len,
-                    });
-                }
-            }
-            for (name, value) in inode.xattrs() {
-                f(Record::SetXattr {
-                    ino,
-                    name: name.clone(),
-                    value: value.clone(),
-                });
-            }
+            each_held_record(inode, &mut f);
         }
+    }
+}
+
+/// The records of what `inode` holds, after its inode record: its directory entries,
+/// extents and xattrs.
+pub(crate) fn held_records(inode: &Inode, out: &mut Vec<Record>) {
+    each_held_record(inode, |r| out.push(r));
+}
+
+/// The records of [`held_records`], one at a time.
+fn each_held_record(inode: &Inode, mut f: impl FnMut(Record)) {
+    let ino = inode.ino;
+    for (name, &child) in inode.entries() {
+        f(Record::Link {
+            parent: ino,
+            name: name.to_vec(),
+            ino: child,
+        });
+    }
+    for (column, map) in inode.extents().iter().enumerate() {
+        for e in map.iter() {
+            f(Record::Extent {
+                ino,
+                column: column as u16,
+                object_offset: e.object_offset,
+                device_offset: e.device_offset,
+                len: e.len,
+            });
+        }
+    }
+    for (name, value) in inode.xattrs() {
+        f(Record::SetXattr {
+            ino,
+            name: name.clone(),
+            value: value.clone(),
+        });
     }
 }
 

@@ -1,7 +1,9 @@
-//! Checkpoints: a full snapshot of the metadata as records.
+//! Checkpoints: the metadata as of one change, from which the log that follows replays.
 //!
 //! A checkpoint is one header block of [`CHECKPOINT_HEADER_LEN`] bytes, then the payload
-//! (records back to back) from byte 4096, padded with zeros to a multiple of 4096. Header
+//! from byte 4096, padded with zeros to a multiple of 4096. Version 1's payload is the whole
+//! metadata as records back to back (read, no longer written); version 2's is a
+//! [`PieceTable`] saying where each piece of the metadata is (see `pieces`). Header
 //! (little-endian; the rest of the block is zero):
 //!
 //! | offset | field | type |
@@ -15,12 +17,15 @@
 
 use super::codec::{Reader, check_field, crc, need, round_up};
 use super::error::OnDiskError;
+use super::pieces::{PieceTable, decode_piece_table, encode_piece_table};
 use super::record::{Record, decode_all, encode_all};
 
 /// The first eight bytes of every checkpoint.
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"STRFSCKP";
-/// The checkpoint format version this build reads and writes.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// The checkpoint format version this build writes: a table of pieces.
+pub const CHECKPOINT_VERSION: u32 = 2;
+/// The older version, whose payload is every record (still read).
+pub const RECORDS_CHECKPOINT_VERSION: u32 = 1;
 /// Bytes in the header block; the payload starts right after it.
 pub const CHECKPOINT_HEADER_LEN: usize = 4096;
 
@@ -32,6 +37,8 @@ const CHECKPOINT_BLOCK: u64 = 4096;
 /// A checked checkpoint header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CheckpointHeader {
+    /// The format version: [`RECORDS_CHECKPOINT_VERSION`] or [`CHECKPOINT_VERSION`].
+    pub version: u32,
     /// The generation: the metadata log that follows this checkpoint carries it.
     pub generation: u64,
     /// Bytes of records in the payload, before padding.
@@ -96,7 +103,7 @@ impl RawCheckpointHeader {
                 found: u64::from_le_bytes(self.magic),
             });
         }
-        if self.version != CHECKPOINT_VERSION {
+        if self.version != CHECKPOINT_VERSION && self.version != RECORDS_CHECKPOINT_VERSION {
             return Err(OnDiskError::UnsupportedVersion {
                 found: self.version,
                 supported: CHECKPOINT_VERSION,
@@ -113,14 +120,27 @@ impl RawCheckpointHeader {
     }
 }
 
-/// Encodes a checkpoint of `records`: header block, payload, zeros to a multiple of 4096.
+/// Encodes a version 1 checkpoint of `records`: header block, payload, zeros to a multiple
+/// of 4096. (Only tests and older filesystems have them; this build writes tables.)
 pub fn encode_checkpoint(generation: u64, records: &[Record]) -> Vec<u8> {
     let mut out = vec![0; CHECKPOINT_HEADER_LEN];
     encode_all(records, &mut out);
+    seal(generation, RECORDS_CHECKPOINT_VERSION, out)
+}
+
+/// Encodes a checkpoint whose payload is `table`: header block, table, zeros.
+pub fn encode_checkpoint_table(generation: u64, table: &PieceTable) -> Vec<u8> {
+    let mut out = vec![0; CHECKPOINT_HEADER_LEN];
+    out.extend_from_slice(&encode_piece_table(table));
+    seal(generation, CHECKPOINT_VERSION, out)
+}
+
+/// Writes the header for the payload that follows it in `out`, and pads.
+fn seal(generation: u64, version: u32, mut out: Vec<u8>) -> Vec<u8> {
     let payload = &out[CHECKPOINT_HEADER_LEN..];
     let header = RawCheckpointHeader {
         magic: CHECKPOINT_MAGIC,
-        version: CHECKPOINT_VERSION,
+        version,
         generation,
         payload_len: payload.len() as u64,
         payload_crc: crc(&[payload]),
@@ -147,6 +167,7 @@ pub fn decode_checkpoint_header(bytes: &[u8]) -> Result<CheckpointHeader, OnDisk
         .and_then(|p| p.checked_add(CHECKPOINT_HEADER_LEN as u64));
     check_field("checkpoint.payload_len", raw.payload_len, total.is_some())?;
     Ok(CheckpointHeader {
+        version: raw.version,
         generation: raw.generation,
         payload_len: raw.payload_len,
         payload_crc: raw.payload_crc,
@@ -162,6 +183,29 @@ pub fn decode_checkpoint_payload(
     header: CheckpointHeader,
     payload: &[u8],
 ) -> Result<Vec<Record>, OnDiskError> {
+    check_field(
+        "checkpoint.version",
+        u64::from(header.version),
+        header.version == RECORDS_CHECKPOINT_VERSION,
+    )?;
+    decode_all(checked_payload(header, payload)?)
+}
+
+/// Decodes the piece table of the (version 2) checkpoint whose header is `header`.
+pub fn decode_checkpoint_table(
+    header: CheckpointHeader,
+    payload: &[u8],
+) -> Result<PieceTable, OnDiskError> {
+    check_field(
+        "checkpoint.version",
+        u64::from(header.version),
+        header.version == CHECKPOINT_VERSION,
+    )?;
+    decode_piece_table(checked_payload(header, payload)?)
+}
+
+/// The payload's `payload_len` bytes, once their checksum matches.
+fn checked_payload(header: CheckpointHeader, payload: &[u8]) -> Result<&[u8], OnDiskError> {
     need(payload, header.payload_len)?;
     // `need` passed, so payload_len fits in a usize.
     let payload = &payload[..header.payload_len as usize];
@@ -172,7 +216,7 @@ pub fn decode_checkpoint_payload(
             found,
         });
     }
-    decode_all(payload)
+    Ok(payload)
 }
 
 /// Decodes a whole checkpoint: its header, then its payload from byte 4096.

@@ -10,21 +10,28 @@
 //! - Log entries ([`encode_entry`], [`decode_entry`]): records appended after a checkpoint,
 //!   each entry padded to [`LOG_BLOCK`]; a torn entry is the end of the log.
 //! - Checkpoints ([`encode_checkpoint`], [`decode_checkpoint_header`],
-//!   [`decode_checkpoint_payload`]): the whole metadata as records.
+//!   [`decode_checkpoint_payload`], [`decode_checkpoint_table`]): where the metadata's
+//!   pieces are ([`PieceTable`]; version 1: the whole metadata as records).
 
 mod checkpoint;
 mod codec;
 mod error;
 mod log;
+mod pieces;
 mod record;
 mod superblock;
 
 pub use checkpoint::{
     CHECKPOINT_HEADER_LEN, CHECKPOINT_MAGIC, CHECKPOINT_VERSION, CheckpointHeader,
-    decode_checkpoint, decode_checkpoint_header, decode_checkpoint_payload, encode_checkpoint,
+    RECORDS_CHECKPOINT_VERSION, decode_checkpoint, decode_checkpoint_header,
+    decode_checkpoint_payload, decode_checkpoint_table, encode_checkpoint, encode_checkpoint_table,
 };
 pub use error::OnDiskError;
 pub use log::{LOG_BLOCK, LOG_HEADER_LEN, LOG_MAGIC, LOG_VERSION, decode_entry, encode_entry};
+pub use pieces::{
+    MAX_REPLICAS, PIECE_BLOCK, PIECE_INODES, PieceEntry, PieceTable, decode_piece,
+    decode_piece_table, encode_piece, encode_piece_table, piece_of,
+};
 pub use record::{
     InodeKind, InodeRecord, LayoutRecord, MODE_MAX, NAME_MAX, RECORD_HEADER_LEN, Record,
     SYMLINK_MAX, Timestamp, XATTR_VALUE_MAX, decode_all, encode_all, validate_name,

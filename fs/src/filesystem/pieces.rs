@@ -1,0 +1,216 @@
+//! The metadata's pieces on the replica devices: placing a checkpoint's changed pieces in
+//! fresh space, and reading them back at mount.
+//!
+//! A piece is written once, where nothing durable lives, and never written over: a
+//! checkpoint stages the pieces that changed since the one before in space taken from the
+//! replicas' data areas, and the space of the copies they replace is released only once the
+//! new checkpoint is durable (the older checkpoint and its log need them until then).
+
+use std::collections::BTreeSet;
+
+use stripefs_engine::DeviceQueue;
+use stripefs_layout::ondisk::{PieceEntry, PieceTable, Record, decode_piece, encode_piece};
+
+use super::bounce::{BouncePool, read_device};
+use super::error::FsError;
+use super::journal::{Journal, Loaded};
+use crate::meta::Metadata;
+use crate::meta::alloc::Allocator;
+
+/// A device range: (device index, offset, length).
+pub(crate) type Space = (u16, u64, u64);
+
+/// The next checkpoint's table and the pieces it needs written.
+pub(crate) struct Staged {
+    pub table: PieceTable,
+    /// Each new piece's entry and its padded bytes.
+    pub writes: Vec<(PieceEntry, Vec<u8>)>,
+    /// The space of the copies the new table no longer names: free once it is durable.
+    pub replaced: Vec<Space>,
+    /// Pieces the new table drops (they hold no inode any more).
+    pub removed: Vec<u64>,
+}
+
+/// Stages `changed` pieces (id and records; no records: the piece is gone) on top of the
+/// journal's current table, each copy in fresh space of its replica device.
+pub(crate) fn stage(
+    journal: &Journal,
+    changed: Vec<(u64, Vec<Record>)>,
+    alloc: &mut Allocator,
+) -> Result<Staged, FsError> {
+    let devices: Vec<usize> = journal.areas().iter().map(|a| a.device).collect();
+    let mut table = journal.table().clone();
+    let mut staged = Staged {
+        table: PieceTable::default(),
+        writes: Vec::new(),
+        replaced: Vec::new(),
+        removed: Vec::new(),
+    };
+    let mut taken: Vec<Space> = Vec::new();
+    for (id, records) in changed {
+        let old = table.pieces.binary_search_by_key(&id, |p| p.id);
+        if let Ok(i) = old {
+            staged.replaced.extend(space_of(&table.pieces[i], &devices));
+        }
+        if records.is_empty() {
+            if let Ok(i) = old {
+                table.pieces.remove(i);
+                staged.removed.push(id);
+            }
+            continue;
+        }
+        let (bytes, len, crc) = encode_piece(&records);
+        let mut replicas = Vec::with_capacity(devices.len());
+        for &device in &devices {
+            match alloc.allocate_kept(device, bytes.len() as u64, None) {
+                Ok(runs) => {
+                    taken.extend(runs.iter().map(|&(s, l)| (device as u16, s, l)));
+                    replicas.push(runs);
+                }
+                Err(e) => {
+                    for (d, s, l) in taken {
+                        alloc.release(usize::from(d), s, l);
+                    }
+                    return Err(FsError::MetadataFull {
+                        needed: bytes.len() as u64,
+                        available: match e {
+                            crate::meta::alloc::AllocError::NoSpace { free, .. } => free,
+                            crate::meta::alloc::AllocError::Conflict { .. } => 0,
+                        },
+                    });
+                }
+            }
+        }
+        let entry = PieceEntry {
+            id,
+            len,
+            crc,
+            replicas,
+        };
+        match old {
+            Ok(i) => table.pieces[i] = entry.clone(),
+            Err(i) => table.pieces.insert(i, entry.clone()),
+        }
+        staged.writes.push((entry, bytes));
+    }
+    staged.table = table;
+    Ok(staged)
+}
+
+/// Every device range the pieces of `table` take, on the replica `devices`.
+pub(crate) fn table_space(table: &PieceTable, devices: &[usize]) -> Vec<Space> {
+    table
+        .pieces
+        .iter()
+        .flat_map(|p| space_of(p, devices))
+        .collect()
+}
+
+fn space_of(entry: &PieceEntry, devices: &[usize]) -> Vec<Space> {
+    entry
+        .replicas
+        .iter()
+        .zip(devices)
+        .flat_map(|(runs, &d)| runs.iter().map(move |&(s, l)| (d as u16, s, l)))
+        .collect()
+}
+
+/// Reads piece `entry` from the first replica whose copy checks.
+fn read_piece(
+    devices: &[DeviceQueue],
+    pool: &BouncePool,
+    journal: &Journal,
+    entry: &PieceEntry,
+) -> Result<Vec<Record>, FsError> {
+    let mut problems = Vec::new();
+    let mut bytes = vec![0u8; entry.padded_len() as usize];
+    for (area, runs) in journal.areas().iter().zip(&entry.replicas) {
+        let name = devices[area.device].name();
+        let mut at = 0usize;
+        let mut read = Ok(());
+        for &(offset, len) in runs {
+            let end = (at + len as usize).min(bytes.len());
+            read = read_device(devices, pool, area.device, offset, &mut bytes[at..end]);
+            if read.is_err() {
+                break;
+            }
+            at = end;
+        }
+        match read {
+            Err(e) => problems.push(format!("{name}: {e}")),
+            Ok(()) => match decode_piece(entry, &bytes) {
+                Ok(records) => return Ok(records),
+                Err(e) => problems.push(format!("{name}: {e}")),
+            },
+        }
+    }
+    Err(FsError::Corrupt {
+        device: journal
+            .areas()
+            .first()
+            .map_or_else(String::new, |a| devices[a.device].name().to_string()),
+        what: format!(
+            "metadata piece {} of checkpoint {} is damaged on every replica ({})",
+            entry.id,
+            journal.generation(),
+            problems.join("; ")
+        ),
+    })
+}
+
+/// Rebuilds `meta` from what mount found: the checkpoint (its pieces, or a version 1
+/// checkpoint's records), then the log. Each record that does not apply is told to
+/// `refused`, which decides whether to go on. Returns the pieces the log changed (or, from a
+/// version 1 checkpoint, every piece): what the next checkpoint must write.
+pub(crate) fn replay(
+    loaded: &Loaded,
+    devices: &[DeviceQueue],
+    pool: &BouncePool,
+    meta: &mut Metadata,
+    refused: &mut dyn FnMut(String, &Record) -> Result<(), FsError>,
+) -> Result<BTreeSet<u64>, FsError> {
+    let journal = &loaded.journal;
+    // From the highest piece down: a directory's entries live with it, and a child is
+    // nearly always numbered after its directory, so its inode is there already. The few
+    // entries whose child comes later wait until every piece is read.
+    let mut waiting = Vec::new();
+    for entry in journal.table().pieces.iter().rev() {
+        for r in read_piece(devices, pool, journal, entry)? {
+            if let Record::Link { ino, .. } = &r
+                && meta.get(*ino).is_none()
+            {
+                waiting.push(r);
+                continue;
+            }
+            apply(meta, &r, &format!("piece {}", entry.id), refused)?;
+        }
+    }
+    for r in &waiting {
+        apply(meta, r, "a piece", refused)?;
+    }
+    for (i, r) in loaded.base.iter().enumerate() {
+        apply(meta, r, &format!("checkpoint record {i}"), refused)?;
+    }
+    let mut changed: BTreeSet<u64> = if loaded.base.is_empty() {
+        BTreeSet::new()
+    } else {
+        meta.pieces()
+    };
+    for (i, r) in loaded.records.iter().enumerate() {
+        changed.insert(crate::meta::pieces::piece_touched(r));
+        apply(meta, r, &format!("log record {i}"), refused)?;
+    }
+    Ok(changed)
+}
+
+fn apply(
+    meta: &mut Metadata,
+    r: &Record,
+    place: &str,
+    refused: &mut dyn FnMut(String, &Record) -> Result<(), FsError>,
+) -> Result<(), FsError> {
+    match meta.apply(r) {
+        Ok(_) => Ok(()),
+        Err(e) => refused(format!("{place}: {e}"), r),
+    }
+}
