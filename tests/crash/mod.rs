@@ -364,39 +364,43 @@ fn leak(s: String) -> &'static str {
 
 /// The metadata grows over several pieces (256 inodes each) and shrinks again: checkpoints
 /// (the log wraps) write only the pieces that changed, to fresh space, and release the copies
-/// they replace; then a whole piece empties and leaves the table, and file data takes the
-/// space the pieces held.
+/// they replace; a directory grows past 256 entries (its entries move to entry pieces of their
+/// own) and past 2048 (they are hashed into more pieces), then shrinks; a whole inode piece
+/// empties and leaves the table, and file data takes the space the pieces held.
 fn metadata_growth() -> Workload {
     use Op::*;
-    const FILES: usize = 600;
-    let dirs = ["g0", "g1", "g2"];
-    let path = |i: usize| leak(format!("{}/f{i:03}", dirs[i % 3]));
-    let mut ops: Vec<Op> = dirs.iter().map(|d| Mkdir(d)).collect();
+    const FILES: usize = 2300;
+    const LARGE: usize = 2200;
+    let path = |i: usize| {
+        let dir = if i < LARGE { "big" } else { "small" };
+        leak(format!("{dir}/f{i:04}"))
+    };
+    let mut ops = vec![Mkdir("big"), Mkdir("small"), Mkdir("other")];
     for i in 0..FILES {
         ops.push(Create(path(i)));
-        if i % 9 == 0 {
+        if i % 37 == 0 {
             ops.push(write(path(i), 0, 4096, 1000 + i as u64));
         }
-        if i % 75 == 74 {
+        if i % 250 == 249 {
             ops.push(Fsync(path(i)));
         }
     }
-    // Inodes 256..512 (piece 1): the files numbered 251 to 506 (the root is inode 1, the
-    // directories 2 to 4).
-    for i in 251..507 {
+    // The root is inode 1, the directories 2 to 4: files 251 to 506 are inodes 256 to 511,
+    // all of inode piece 1.
+    for i in 251..2100 {
         ops.push(Unlink(path(i)));
     }
     ops.push(Sync);
-    ops.push(Create("big"));
-    ops.push(write("big", 0, 3 << 20, 7));
-    ops.push(Fsync("big"));
+    ops.push(Create("other/data"));
+    ops.push(write("other/data", 0, 3 << 20, 7));
+    ops.push(Fsync("other/data"));
     ops.push(Remount);
     for i in FILES..FILES + 40 {
         ops.push(Create(path(i)));
     }
     ops.push(Fsync(path(FILES)));
     Workload {
-        name: "metadata growth over pieces, and pieces that empty",
+        name: "metadata growth: pieces, large directories",
         mkfs: mkfs(),
         ops,
     }

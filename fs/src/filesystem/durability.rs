@@ -11,6 +11,7 @@ use super::error::FsError;
 use super::journal::Journal;
 use super::pieces::{self, Staged};
 use crate::meta::Metadata;
+use crate::meta::pieces::Touch;
 
 impl Filesystem {
     /// Makes every metadata change made so far durable (and the data they point at): the
@@ -67,8 +68,10 @@ impl Filesystem {
         let (staged, cut, dirty) = {
             let meta = self.meta.read();
             let cut = self.pending.lock().take();
-            let dirty = self.pieces.lock().take();
-            let changed = dirty.iter().map(|&p| (p, meta.piece_records(p))).collect();
+            let mut pieces = self.pieces.lock();
+            let dirty = pieces.take();
+            let changed = pieces.records(&meta, &dirty);
+            drop(pieces);
             let staged = pieces::stage(journal, changed, &mut self.alloc.lock());
             (staged, cut, dirty)
         };
@@ -158,7 +161,7 @@ impl Filesystem {
     /// `MetadataFull` (ENOSPC) when the metadata could no longer be checkpointed, so that
     /// nothing is acknowledged that cannot be made durable.
     pub(super) fn change(&self, meta: &mut Metadata, records: Vec<Record>) -> Result<(), FsError> {
-        self.reserve_metadata(&records)?;
+        self.reserve_metadata(meta, &records)?;
         let mut pending = self.pending.lock();
         let lsn = pending.begin();
         for r in records {
@@ -175,7 +178,11 @@ impl Filesystem {
     /// have room for them: refused with `MetadataFull` (ENOSPC) otherwise, so that nothing
     /// is acknowledged that cannot be made durable. A change that only removes may use the
     /// slack kept for it, so that a full filesystem can always be emptied.
-    pub(super) fn reserve_metadata(&self, records: &[Record]) -> Result<(), FsError> {
+    pub(super) fn reserve_metadata(
+        &self,
+        meta: &Metadata,
+        records: &[Record],
+    ) -> Result<(), FsError> {
         let grows = records.iter().any(|r| {
             !matches!(
                 r,
@@ -186,9 +193,12 @@ impl Filesystem {
                     | Record::RemoveXattr { .. }
             )
         });
-        let sizes: Vec<u64> = records.iter().map(encoded_len).collect();
         let mut pieces = self.pieces.lock();
-        let bound = pieces.bound_after(records, &sizes);
+        let touched: Vec<(Touch, u64)> = records
+            .iter()
+            .map(|r| (pieces.plan(meta, r, records.len()), encoded_len(r)))
+            .collect();
+        let bound = pieces.bound_after(&touched);
         let needed = if grows {
             bound + self.meta_slack
         } else {
@@ -210,8 +220,8 @@ impl Filesystem {
                 available: free.min(self.meta_capacity),
             });
         }
-        for (r, size) in records.iter().zip(sizes) {
-            pieces.touch(r, size);
+        for (touched, size) in touched {
+            pieces.touch(touched, size);
         }
         drop(pieces);
         self.keep_metadata_room();

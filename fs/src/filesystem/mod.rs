@@ -281,7 +281,7 @@ impl Filesystem {
         let mut metadata = Metadata::default();
         let generation = loaded.journal.generation();
         let name = devices[0].name().to_string();
-        let mut changed = pieces::replay(&loaded, &devices, &pool, &mut metadata, &mut |e, _| {
+        let mut dirty = pieces::replay(&loaded, &devices, &pool, &mut metadata, &mut |e, _| {
             Err(FsError::Corrupt {
                 device: name.clone(),
                 what: format!("generation {generation}, {e}"),
@@ -295,7 +295,8 @@ impl Filesystem {
         }
         for ino in metadata.orphans() {
             let free = Record::FreeInode { ino };
-            changed.insert(meta::pieces::piece_touched(&free));
+            let touch = dirty.plan(&metadata, &free, 0);
+            dirty.touch(touch, 0);
             metadata.apply(&free)?;
         }
         let journal = loaded.journal;
@@ -305,16 +306,6 @@ impl Filesystem {
             .map(journal::MetaArea::slot_len)
             .min()
             .unwrap_or(0);
-        let mut dirty = DirtyPieces::new(
-            journal
-                .table()
-                .pieces
-                .iter()
-                .map(|p| (p.id, p.padded_len())),
-        );
-        for p in changed {
-            dirty.mark(p);
-        }
         let fs = Arc::new(Filesystem {
             meta_capacity,
             pieces: Mutex::new(dirty),

@@ -6,8 +6,6 @@
 //! replicas' data areas, and the space of the copies they replace is released only once the
 //! new checkpoint is durable (the older checkpoint and its log need them until then).
 
-use std::collections::BTreeSet;
-
 use stripefs_engine::DeviceQueue;
 use stripefs_layout::ondisk::{PieceEntry, PieceTable, Record, decode_piece, encode_piece};
 
@@ -16,6 +14,7 @@ use super::error::FsError;
 use super::journal::{Journal, Loaded};
 use crate::meta::Metadata;
 use crate::meta::alloc::Allocator;
+use crate::meta::pieces::{DirtyPieces, ENTRY_PIECES};
 
 /// A device range: (device index, offset, length).
 pub(crate) type Space = (u16, u64, u64);
@@ -160,21 +159,26 @@ fn read_piece(
 
 /// Rebuilds `meta` from what mount found: the checkpoint (its pieces, or a version 1
 /// checkpoint's records), then the log. Each record that does not apply is told to
-/// `refused`, which decides whether to go on. Returns the pieces the log changed (or, from a
-/// version 1 checkpoint, every piece): what the next checkpoint must write.
+/// `refused`, which decides whether to go on. Returns where the pieces are, with those the
+/// log changed (or, from a version 1 checkpoint, every piece) marked: what the next
+/// checkpoint must write.
 pub(crate) fn replay(
     loaded: &Loaded,
     devices: &[DeviceQueue],
     pool: &BouncePool,
     meta: &mut Metadata,
     refused: &mut dyn FnMut(String, &Record) -> Result<(), FsError>,
-) -> Result<BTreeSet<u64>, FsError> {
+) -> Result<DirtyPieces, FsError> {
     let journal = &loaded.journal;
-    // From the highest piece down: a directory's entries live with it, and a child is
-    // nearly always numbered after its directory, so its inode is there already. The few
+    // Inode pieces from the highest down: a small directory's entries live with it, and a
+    // child is nearly always numbered after its directory, so its inode is there already.
+    // Then the entry pieces of large directories, whose inodes are all there. The few
     // entries whose child comes later wait until every piece is read.
     let mut waiting = Vec::new();
-    for entry in journal.table().pieces.iter().rev() {
+    let pieces = &journal.table().pieces;
+    let split = pieces.partition_point(|p| p.id < ENTRY_PIECES);
+    let order = pieces[..split].iter().rev().chain(&pieces[split..]);
+    for entry in order {
         for r in read_piece(devices, pool, journal, entry)? {
             if let Record::Link { ino, .. } = &r
                 && meta.get(*ino).is_none()
@@ -191,16 +195,18 @@ pub(crate) fn replay(
     for (i, r) in loaded.base.iter().enumerate() {
         apply(meta, r, &format!("checkpoint record {i}"), refused)?;
     }
-    let mut changed: BTreeSet<u64> = if loaded.base.is_empty() {
-        BTreeSet::new()
-    } else {
-        meta.pieces()
-    };
+    let mut dirty = DirtyPieces::new(pieces.iter().map(|p| (p.id, p.padded_len())));
+    if !loaded.base.is_empty() {
+        for p in dirty.all(meta) {
+            dirty.mark(p);
+        }
+    }
     for (i, r) in loaded.records.iter().enumerate() {
-        changed.insert(crate::meta::pieces::piece_touched(r));
+        let touch = dirty.plan(meta, r, 0);
+        dirty.touch(touch, 0);
         apply(meta, r, &format!("log record {i}"), refused)?;
     }
-    Ok(changed)
+    Ok(dirty)
 }
 
 fn apply(

@@ -19,6 +19,7 @@ use super::error::FsError;
 use super::format::{BLOCK_SIZE, stripe_layout};
 use super::fsck::{self, FsckReport, ReadMetadata};
 use super::pieces;
+use crate::meta::pieces::DirtyPieces;
 use crate::meta::{Metadata, freed_all};
 
 /// What `repair` did.
@@ -111,12 +112,17 @@ pub fn repair(devices: &[DeviceQueue]) -> Result<RepairReport, FsError> {
                 what: format!("a metadata piece's space: {e}"),
             })?;
     }
-    let mut ids = meta.pieces();
+    let layout = DirtyPieces::new(
+        loaded
+            .journal
+            .table()
+            .pieces
+            .iter()
+            .map(|p| (p.id, p.padded_len())),
+    );
+    let mut ids = layout.all(&meta);
     ids.extend(loaded.journal.table().pieces.iter().map(|p| p.id));
-    let changed = ids
-        .into_iter()
-        .map(|p| (p, meta.piece_records(p)))
-        .collect();
+    let changed = layout.records(&meta, &ids);
     let staged = pieces::stage(&loaded.journal, changed, &mut alloc)?;
     loaded.journal.write_checkpoint(devices, &pool, &staged)?;
     report.checkpoint_generation = loaded.journal.generation();

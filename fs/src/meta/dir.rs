@@ -123,6 +123,15 @@ impl DirEntries {
         all.into_iter()
     }
 
+    /// (name, inode) in no particular order (position order), without the sort of
+    /// [`DirEntries::iter`].
+    pub fn unordered(&self) -> impl Iterator<Item = (&[u8], &u64)> {
+        self.slots
+            .iter()
+            .filter(|s| s.is_live())
+            .map(|s| (name_of(&self.names, s), &s.ino))
+    }
+
     /// The inodes, in name order.
     pub fn values(&self) -> impl Iterator<Item = &u64> {
         self.iter().map(|(_, ino)| ino)

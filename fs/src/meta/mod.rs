@@ -784,26 +784,33 @@ impl Metadata {
             f(Record::Inode(inode.record()));
         }
         for inode in inodes {
-            each_held_record(inode, &mut f);
+            each_held_record(inode, true, &mut f);
         }
     }
 }
 
-/// The records of what `inode` holds, after its inode record: its directory entries,
-/// extents and xattrs.
-pub(crate) fn held_records(inode: &Inode, out: &mut Vec<Record>) {
-    each_held_record(inode, |r| out.push(r));
+/// The records of what `inode` holds, after its inode record: its directory entries (if
+/// `entries`), extents and xattrs.
+pub(crate) fn held_records(inode: &Inode, entries: bool, out: &mut Vec<Record>) {
+    each_held_record(inode, entries, |r| out.push(r));
 }
 
-/// The records of [`held_records`], one at a time.
-fn each_held_record(inode: &Inode, mut f: impl FnMut(Record)) {
-    let ino = inode.ino;
-    for (name, &child) in inode.entries() {
+/// The link records of a directory's entries, in name order.
+fn each_entry_record(dir: &Inode, mut f: impl FnMut(Record)) {
+    for (name, &child) in dir.entries() {
         f(Record::Link {
-            parent: ino,
+            parent: dir.ino,
             name: name.to_vec(),
             ino: child,
         });
+    }
+}
+
+/// The records of [`held_records`], one at a time.
+fn each_held_record(inode: &Inode, entries: bool, mut f: impl FnMut(Record)) {
+    let ino = inode.ino;
+    if entries {
+        each_entry_record(inode, &mut f);
     }
     for (column, map) in inode.extents().iter().enumerate() {
         for e in map.iter() {

@@ -1,48 +1,74 @@
-//! Which piece of the metadata each change touches, the records a piece holds, and the
+//! Which pieces of the metadata each change touches, the records a piece holds, and the
 //! pieces changed since the last checkpoint (what the next one must write).
 //!
-//! Piece `p` holds inodes `p * PIECE_INODES ..` and everything they own: a directory's
-//! entries belong to the directory, a file's extents and xattrs to the file. So every record
-//! touches exactly one piece: its owner's.
+//! Inode piece `p` holds inodes `p * PIECE_INODES ..` and everything they own: a file's
+//! extents and xattrs, a small directory's entries. A directory with more than
+//! [`INLINE_ENTRIES`] entries keeps them apart, hashed by name into `2^bits` entry pieces
+//! of its own ([`entry_piece`]) of about a thousand entries each, so that a create in a
+//! directory of a million entries rewrites a thousand of them, not the million. The number
+//! of buckets doubles when they average more than 2048 entries and halves when they fall
+//! under 128 (the whole directory is written again then, as a hash table grows); a
+//! directory under 128 entries goes back inline.
 
 use std::collections::{BTreeSet, HashMap};
 
 use stripefs_layout::ondisk::{PIECE_BLOCK, PIECE_INODES, Record, piece_of};
 
-use super::{Metadata, held_records};
+use super::{Inode, Metadata, held_records};
 
-/// The piece that `record` changes.
-pub fn piece_touched(record: &Record) -> u64 {
-    match record {
-        Record::Inode(r) => piece_of(r.ino),
-        Record::Link { parent, .. } | Record::Unlink { parent, .. } => piece_of(*parent),
-        Record::FreeInode { ino }
-        | Record::Extent { ino, .. }
-        | Record::TruncateExtents { ino, .. }
-        | Record::RemoveExtents { ino, .. }
-        | Record::SetXattr { ino, .. }
-        | Record::RemoveXattr { ino, .. } => piece_of(*ino),
-    }
+/// Piece numbers from here on hold entries of large directories.
+pub const ENTRY_PIECES: u64 = 1 << 63;
+/// A directory with more entries than this keeps them in entry pieces.
+pub const INLINE_ENTRIES: usize = 256;
+/// Most buckets a directory's entries are hashed into: `2^MAX_BITS`.
+const MAX_BITS: u8 = 15;
+/// Directories numbered from here on keep their entries inline (their entry piece numbers
+/// would not fit).
+const MAX_SPILLED_DIR: u64 = 1 << 43;
+
+/// The entry piece of bucket `bucket` of directory `dir` hashed into `2^bits` buckets.
+pub fn entry_piece(dir: u64, bits: u8, bucket: u64) -> u64 {
+    ENTRY_PIECES | dir << 20 | u64::from(bits) << 16 | bucket
 }
 
-impl Metadata {
-    /// The records of piece `piece`: its inodes' records first, then what they hold. Empty
-    /// when no inode of the piece exists.
-    pub fn piece_records(&self, piece: u64) -> Vec<Record> {
-        let first = piece.saturating_mul(PIECE_INODES);
-        let inodes: Vec<_> = (first..first.saturating_add(PIECE_INODES))
-            .filter_map(|ino| self.get(ino))
-            .collect();
-        let mut out: Vec<Record> = inodes.iter().map(|i| Record::Inode(i.record())).collect();
-        for inode in inodes {
-            held_records(inode, &mut out);
-        }
-        out
-    }
+/// The directory, bits and bucket of entry piece `id`.
+fn parse_entry_piece(id: u64) -> Option<(u64, u8, u64)> {
+    (id >= ENTRY_PIECES).then(|| {
+        let rest = id - ENTRY_PIECES;
+        (rest >> 20, ((rest >> 16) & 0xf) as u8, rest & 0xffff)
+    })
+}
 
-    /// Every piece that holds an inode.
-    pub fn pieces(&self) -> BTreeSet<u64> {
-        self.iter().map(|i| piece_of(i.ino())).collect()
+/// The bucket of entry `name` among `2^bits` (FNV-1a: stable across runs and builds).
+fn bucket_of(name: &[u8], bits: u8) -> u64 {
+    let hash = name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash & ((1u64 << bits) - 1)
+}
+
+/// The smallest number of bits whose buckets hold `entries` at 1024 each.
+fn bits_for(entries: usize) -> u8 {
+    let mut bits = 0;
+    while bits < MAX_BITS && entries > 1024 << bits {
+        bits += 1;
+    }
+    bits
+}
+
+/// Where a directory's entries go after a change that leaves it with between `lo` and `hi`
+/// entries, from where they are (`None`: inline).
+fn target(now: Option<u8>, lo: usize, hi: usize, dir: u64) -> Option<u8> {
+    if dir >= MAX_SPILLED_DIR {
+        return None;
+    }
+    match now {
+        None if hi > INLINE_ENTRIES => Some(bits_for(hi)),
+        None => None,
+        Some(bits) if hi > 2048 << bits => Some(bits_for(hi)),
+        Some(0) if lo < 128 => None,
+        Some(bits) if lo < 128 << bits => Some(bits_for(lo)),
+        Some(bits) => Some(bits),
     }
 }
 
@@ -50,52 +76,153 @@ impl Metadata {
 /// extent leaves two, whose records are longer than the removal's.
 const RECORD_SLACK: u64 = 64;
 
-/// The pieces changed since the last checkpoint, and an upper bound of the bytes the next
-/// checkpoint writes for them on each replica (so that space for it can be kept free).
+/// What one record does to the pieces: the pieces it changes, and a directory whose entries
+/// move (every piece they leave and every piece they go to is among `pieces`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touch {
+    pub pieces: Vec<u64>,
+    relayout: Option<(u64, Option<u8>)>,
+}
+
+/// Where the metadata's pieces are and which changed since the last checkpoint, with an
+/// upper bound of the bytes the next checkpoint writes for them on each replica (so that
+/// space for it can be kept free).
 #[derive(Debug, Default)]
 pub struct DirtyPieces {
     dirty: BTreeSet<u64>,
     /// Padded bytes of each piece as the last checkpoint stored it.
     stored: HashMap<u64, u64>,
     bound: u64,
+    /// How many dirty pieces are not stored.
+    fresh: usize,
+    /// Directories whose entries are in entry pieces, and into how many bits they hash.
+    spilled: HashMap<u64, u8>,
 }
 
 impl DirtyPieces {
-    /// Pieces as a checkpoint stored them: `(id, padded bytes)`; nothing dirty.
+    /// Pieces as a checkpoint stored them: `(id, padded bytes)`; nothing dirty. Where each
+    /// large directory's entries are follows from its entry pieces.
     pub fn new(stored: impl IntoIterator<Item = (u64, u64)>) -> Self {
-        DirtyPieces {
+        let mut pieces = DirtyPieces {
             stored: stored.into_iter().collect(),
             ..Self::default()
+        };
+        let mut layouts: HashMap<u64, BTreeSet<u8>> = HashMap::new();
+        for &id in pieces.stored.keys() {
+            if let Some((dir, bits, _)) = parse_entry_piece(id) {
+                layouts.entry(dir).or_default().insert(bits);
+            }
+        }
+        for (dir, bits) in layouts {
+            // One layout per directory; were there several (never written so), the largest
+            // is kept and the next checkpoint drops the others.
+            if let Some(&most) = bits.last() {
+                pieces.spilled.insert(dir, most);
+                if bits.len() > 1 {
+                    let stale: Vec<u64> = pieces
+                        .stored
+                        .keys()
+                        .copied()
+                        .filter(|&id| parse_entry_piece(id).is_some_and(|(d, _, _)| d == dir))
+                        .collect();
+                    for id in stale {
+                        pieces.mark(id);
+                    }
+                }
+            }
+        }
+        pieces
+    }
+
+    /// What `record` would do to the pieces, `meta` being the metadata before it and up to
+    /// `nearby` other records of the same change applied.
+    pub fn plan(&self, meta: &Metadata, record: &Record, nearby: usize) -> Touch {
+        match record {
+            Record::Link { parent, name, .. } | Record::Unlink { parent, name } => {
+                self.plan_entry(meta, *parent, name, nearby)
+            }
+            Record::FreeInode { ino } => {
+                let mut touch = Touch {
+                    pieces: vec![piece_of(*ino)],
+                    relayout: None,
+                };
+                if let Some(&bits) = self.spilled.get(ino) {
+                    touch.pieces.extend(all_buckets(*ino, Some(bits)));
+                    touch.relayout = Some((*ino, None));
+                }
+                touch
+            }
+            Record::Inode(r) => single(r.ino),
+            Record::Extent { ino, .. }
+            | Record::TruncateExtents { ino, .. }
+            | Record::RemoveExtents { ino, .. }
+            | Record::SetXattr { ino, .. }
+            | Record::RemoveXattr { ino, .. } => single(*ino),
         }
     }
 
-    /// What the bound would be once `records` are touched (their encoded `sizes` alike).
-    pub fn bound_after(&self, records: &[Record], sizes: &[u64]) -> u64 {
+    fn plan_entry(&self, meta: &Metadata, dir: u64, name: &[u8], nearby: usize) -> Touch {
+        let n = meta.get(dir).map_or(0, |d| d.entries().len());
+        let now = self.spilled.get(&dir).copied();
+        let next = target(now, n.saturating_sub(nearby + 1), n + nearby + 1, dir);
+        let mut pieces = vec![piece_of(dir)];
+        if next == now {
+            if let Some(bits) = now {
+                pieces.push(entry_piece(dir, bits, bucket_of(name, bits)));
+            }
+            return Touch {
+                pieces,
+                relayout: None,
+            };
+        }
+        pieces.extend(all_buckets(dir, now));
+        pieces.extend(all_buckets(dir, next));
+        Touch {
+            pieces,
+            relayout: Some((dir, next)),
+        }
+    }
+
+    /// What the bound would be once `touches` (each by a record of the encoded size
+    /// alike) are marked.
+    pub fn bound_after(&self, touches: &[(Touch, u64)]) -> u64 {
         let mut bound = self.bound;
         let mut fresh = BTreeSet::new();
-        for (r, &size) in records.iter().zip(sizes) {
-            let piece = piece_touched(r);
-            if !self.dirty.contains(&piece) && fresh.insert(piece) {
-                bound += self.base(piece);
+        for (touch, size) in touches {
+            for &piece in &touch.pieces {
+                if !self.dirty.contains(&piece) && fresh.insert(piece) {
+                    bound += self.base(piece);
+                }
+                bound += size + RECORD_SLACK;
             }
-            bound += size + RECORD_SLACK;
         }
         bound
     }
 
-    /// Marks the piece `record` changes, which grows by at most `size` bytes.
-    pub fn touch(&mut self, record: &Record, size: u64) {
-        let piece = piece_touched(record);
-        if self.dirty.insert(piece) {
-            self.bound += self.base(piece);
+    /// Marks what a record changes, which grows each piece by at most `size` bytes.
+    pub fn touch(&mut self, touch: Touch, size: u64) {
+        for piece in touch.pieces {
+            self.mark(piece);
+            self.bound += size + RECORD_SLACK;
         }
-        self.bound += size + RECORD_SLACK;
+        match touch.relayout {
+            Some((dir, Some(bits))) => {
+                self.spilled.insert(dir, bits);
+            }
+            Some((dir, None)) => {
+                self.spilled.remove(&dir);
+            }
+            None => {}
+        }
     }
 
     /// Marks `piece` as changed without a record (a whole rewrite).
     pub fn mark(&mut self, piece: u64) {
         if self.dirty.insert(piece) {
             self.bound += self.base(piece);
+            if !self.stored.contains_key(&piece) {
+                self.fresh += 1;
+            }
         }
     }
 
@@ -111,15 +238,13 @@ impl DirtyPieces {
 
     /// Pieces changed and not stored yet (they will be new entries of the table).
     pub fn new_count(&self) -> usize {
-        self.dirty
-            .iter()
-            .filter(|p| !self.stored.contains_key(p))
-            .count()
+        self.fresh
     }
 
     /// Takes the changed pieces for a checkpoint; nothing is changed afterwards.
     pub fn take(&mut self) -> BTreeSet<u64> {
         self.bound = 0;
+        self.fresh = 0;
         std::mem::take(&mut self.dirty)
     }
 
@@ -132,16 +257,116 @@ impl DirtyPieces {
 
     /// A checkpoint stored `piece` in `padded` bytes (0: the piece is gone).
     pub fn stored(&mut self, piece: u64, padded: u64) {
-        if padded == 0 {
-            self.stored.remove(&piece);
+        let dirty = self.dirty.contains(&piece);
+        let was = if padded == 0 {
+            self.stored.remove(&piece).is_some()
         } else {
-            self.stored.insert(piece, padded);
+            self.stored.insert(piece, padded).is_some()
+        };
+        let is = padded > 0;
+        // A piece dirtied again while its checkpoint was written counts as new only if it
+        // is not stored.
+        if dirty && was && !is {
+            self.fresh += 1;
+        } else if dirty && !was && is {
+            self.fresh = self.fresh.saturating_sub(1);
         }
     }
 
     fn base(&self, piece: u64) -> u64 {
         self.stored.get(&piece).copied().unwrap_or(0) + PIECE_BLOCK
     }
+
+    /// The records of each of `pieces`, in the same order: an inode piece's inode records
+    /// first, then what they hold; an entry piece's links. Empty for a piece that holds
+    /// nothing (any more).
+    pub fn records(&self, meta: &Metadata, pieces: &BTreeSet<u64>) -> Vec<(u64, Vec<Record>)> {
+        let mut out = Vec::with_capacity(pieces.len());
+        let mut buckets: HashMap<u64, Vec<u64>> = HashMap::new();
+        for &piece in pieces {
+            match parse_entry_piece(piece) {
+                Some((dir, _, _)) => buckets.entry(dir).or_default().push(piece),
+                None => out.push((piece, self.inode_piece(meta, piece))),
+            }
+        }
+        for (dir, ids) in buckets {
+            out.extend(self.entry_pieces(meta, dir, &ids));
+        }
+        out
+    }
+
+    fn inode_piece(&self, meta: &Metadata, piece: u64) -> Vec<Record> {
+        let first = piece.saturating_mul(PIECE_INODES);
+        let inodes: Vec<&Inode> = (first..first.saturating_add(PIECE_INODES))
+            .filter_map(|ino| meta.get(ino))
+            .collect();
+        let mut out: Vec<Record> = inodes.iter().map(|i| Record::Inode(i.record())).collect();
+        for inode in inodes {
+            let inline = !self.spilled.contains_key(&inode.ino());
+            held_records(inode, inline, &mut out);
+        }
+        out
+    }
+
+    /// The records of entry pieces `ids` of directory `dir`, its entries read once.
+    fn entry_pieces(&self, meta: &Metadata, dir: u64, ids: &[u64]) -> Vec<(u64, Vec<Record>)> {
+        let mut out: Vec<(u64, Vec<Record>)> = ids.iter().map(|&id| (id, Vec::new())).collect();
+        let (Some(&bits), Some(inode)) = (self.spilled.get(&dir), meta.get(dir)) else {
+            return out;
+        };
+        let wanted: HashMap<u64, usize> = ids
+            .iter()
+            .enumerate()
+            .filter(|&(_, &id)| parse_entry_piece(id).is_some_and(|(_, b, _)| b == bits))
+            .map(|(i, &id)| (id, i))
+            .collect();
+        if wanted.is_empty() {
+            return out;
+        }
+        // Entries in name order within each piece, without sorting the whole directory.
+        for (name, &child) in inode.entries().unordered() {
+            let id = entry_piece(dir, bits, bucket_of(name, bits));
+            if let Some(&i) = wanted.get(&id) {
+                out[i].1.push(Record::Link {
+                    parent: dir,
+                    name: name.to_vec(),
+                    ino: child,
+                });
+            }
+        }
+        for (_, records) in &mut out {
+            records.sort_unstable_by(|a, b| match (a, b) {
+                (Record::Link { name: x, .. }, Record::Link { name: y, .. }) => x.cmp(y),
+                _ => std::cmp::Ordering::Equal,
+            });
+        }
+        out
+    }
+
+    /// Every piece that holds something.
+    pub fn all(&self, meta: &Metadata) -> BTreeSet<u64> {
+        let mut pieces: BTreeSet<u64> = meta.iter().map(|i| piece_of(i.ino())).collect();
+        for (&dir, &bits) in &self.spilled {
+            pieces.extend(all_buckets(dir, Some(bits)));
+        }
+        pieces
+    }
+}
+
+fn single(ino: u64) -> Touch {
+    Touch {
+        pieces: vec![piece_of(ino)],
+        relayout: None,
+    }
+}
+
+/// Every entry piece of `dir` hashed into `bits` (none inline).
+fn all_buckets(dir: u64, bits: Option<u8>) -> Vec<u64> {
+    bits.map_or_else(Vec::new, |bits| {
+        (0..1u64 << bits)
+            .map(|b| entry_piece(dir, bits, b))
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -162,53 +387,122 @@ mod tests {
         ))
     }
 
+    fn link(ino: u64) -> Record {
+        Record::Link {
+            parent: 1,
+            name: format!("f{ino}").into_bytes(),
+            ino,
+        }
+    }
+
+    fn links(pieces: &[(u64, Vec<Record>)]) -> usize {
+        pieces
+            .iter()
+            .flat_map(|(_, r)| r)
+            .filter(|r| matches!(r, Record::Link { .. }))
+            .count()
+    }
+
+    /// Applies `record` as the filesystem does: marks what it touches, then applies it.
+    fn change(meta: &mut Metadata, dirty: &mut DirtyPieces, record: Record) {
+        let touch = dirty.plan(meta, &record, 0);
+        dirty.touch(touch, 50);
+        meta.apply(&record).unwrap();
+    }
+
+    #[test]
+    fn entry_pieces_name_their_directory_and_bucket() {
+        let id = entry_piece(77, 3, 5);
+        assert_eq!(parse_entry_piece(id), Some((77, 3, 5)));
+        assert_eq!(parse_entry_piece(12), None);
+    }
+
     #[test]
     fn a_piece_holds_its_inodes_and_what_they_own() {
         let mut meta = Metadata::default();
+        let mut dirty = DirtyPieces::default();
         for r in [
             inode(1, InodeKind::Dir),
             inode(300, InodeKind::Symlink),
-            Record::Link {
-                parent: 1,
-                name: b"far".to_vec(),
-                ino: 300,
-            },
+            link(300),
         ] {
-            meta.apply(&r).unwrap();
+            change(&mut meta, &mut dirty, r);
         }
-        assert_eq!(meta.pieces(), BTreeSet::from([0, 1]));
-        let p0 = meta.piece_records(0);
-        assert_eq!(p0.len(), 2, "the root and its entry: {p0:?}");
+        assert_eq!(dirty.all(&meta), BTreeSet::from([0, 1]));
+        let got = dirty.records(&meta, &BTreeSet::from([0, 1, 7]));
+        assert_eq!(got[0].1.len(), 2, "the root and its entry: {got:?}");
         assert!(matches!(
-            p0[1],
+            got[0].1[1],
             Record::Link {
                 parent: 1,
                 ino: 300,
                 ..
             }
         ));
-        assert_eq!(meta.piece_records(1).len(), 1);
-        assert!(meta.piece_records(7).is_empty());
+        assert_eq!(got[1].1.len(), 1);
+        assert!(got[2].1.is_empty());
+    }
+
+    #[test]
+    fn a_large_directory_spreads_its_entries_and_comes_back_inline() {
+        let mut meta = Metadata::default();
+        let mut dirty = DirtyPieces::default();
+        change(&mut meta, &mut dirty, inode(1, InodeKind::Dir));
+        let files = 3000u64;
+        for ino in 2..2 + files {
+            change(&mut meta, &mut dirty, inode(ino, InodeKind::File));
+            change(&mut meta, &mut dirty, link(ino));
+        }
+        let bits = *dirty.spilled.get(&1).expect("spilled");
+        assert_eq!(
+            bits, 2,
+            "past 2048 entries in one bucket: four buckets of at most 1024"
+        );
+        let all = dirty.all(&meta);
+        let got = dirty.records(&meta, &all);
+        assert_eq!(links(&got), files as usize, "every entry once");
+        let inline: usize = links(&dirty.records(&meta, &BTreeSet::from([0])));
+        assert_eq!(inline, 0, "none inline");
+        // One more create touches the directory's inode piece and one bucket.
+        change(&mut meta, &mut dirty, inode(1_000_000, InodeKind::File));
+        dirty.take();
+        change(&mut meta, &mut dirty, link(1_000_000));
+        assert_eq!(dirty.dirty.len(), 2, "{:?}", dirty.dirty);
+        // Emptied: back inline, and its entry pieces hold nothing.
+        for ino in (2..2 + files).chain([1_000_000]) {
+            let name = format!("f{ino}").into_bytes();
+            change(&mut meta, &mut dirty, Record::Unlink { parent: 1, name });
+        }
+        assert!(!dirty.spilled.contains_key(&1));
+        let old = all_buckets(1, Some(2)).into_iter().collect();
+        assert_eq!(links(&dirty.records(&meta, &old)), 0);
     }
 
     #[test]
     fn the_bound_counts_each_piece_once_and_every_record() {
         let mut d = DirtyPieces::new([(0, 8192)]);
-        let r = inode(3, InodeKind::File);
+        let t = single(3);
         assert_eq!(
-            d.bound_after(&[r.clone(), r.clone()], &[100, 100]),
+            d.bound_after(&[(t.clone(), 100), (t.clone(), 100)]),
             8192 + 4096 + 328
         );
-        d.touch(&r, 100);
-        d.touch(&r, 100);
+        d.touch(t.clone(), 100);
+        d.touch(t, 100);
         assert_eq!(d.bound(), 8192 + 4096 + 328);
         assert_eq!(d.new_count(), 0);
-        d.touch(&inode(600, InodeKind::File), 100);
+        d.touch(single(600), 100);
         assert_eq!(d.new_count(), 1);
         let taken = d.take();
         assert_eq!(taken, BTreeSet::from([0, 2]));
         assert_eq!(d.bound(), 0);
         d.restore(taken);
         assert_eq!(d.bound(), 8192 + 4096 + 4096);
+    }
+
+    #[test]
+    fn layouts_come_back_from_the_stored_pieces() {
+        let d = DirtyPieces::new([(0, 4096), (entry_piece(9, 2, 1), 4096)]);
+        assert_eq!(d.spilled.get(&9), Some(&2));
+        assert!(d.dirty.is_empty());
     }
 }
