@@ -19,7 +19,9 @@ use stripefs_engine::DeviceSpec;
 use stripefs_fs::filesystem::{Caller, fsck, open_devices};
 use stripefs_fs::{Filesystem, meta::ROOT};
 
-const DIRS: usize = 100;
+/// 200,000 files in 64 directories: 3,125 each, so every directory's entries move to an
+/// entry piece (past 256) and are hashed into more of them (past 2,048).
+const DIRS: usize = 64;
 /// Every this many files gets 4 KiB of data.
 const WITH_DATA: usize = 10;
 

@@ -61,9 +61,10 @@ pub fn run_script(args: &BenchArgs) -> Result<()> {
 
 /// `--rust-load FILE...`: connects to the mount of the first file, registers one buffer as
 /// large as the largest file, reads every file once untimed (the connection's daemon threads
-/// start, as the Python client's have by the time it is timed), then (timed) opens each file
-/// for requests and reads it whole into the buffer, `CHUNK`-sized requests all in flight;
-/// prints `{"bytes": .., "seconds": ..}`.
+/// start), then (timed) opens each file for requests and reads it whole into the buffer,
+/// `CHUNK`-sized requests all in flight; prints `{"bytes": .., "seconds": ..}`. The Python
+/// side of the benchmark does the same in every run (`python_read` in python/bench.py): a
+/// read's speed depends on the new buffer's physical pages, so both draw one per run.
 pub fn rust_load(paths: &[PathBuf]) -> Result<()> {
     let Some(first) = paths.first() else {
         bail!("--rust-load needs files");

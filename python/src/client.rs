@@ -65,14 +65,19 @@ impl Client {
         })
     }
 
-    /// `alloc(size)`: a buffer of `size` bytes (rounded up to whole pages), registered once
-    /// against the mount: any file of the mount reads into it or writes from it.
-    fn alloc(&self, py: Python<'_>, size: u64) -> PyResult<Buffer> {
+    /// `alloc(size, huge_pages=False)`: a buffer of `size` bytes (rounded up to whole pages),
+    /// registered once against the mount: any file of the mount reads into it or writes from
+    /// it. `huge_pages=True` backs it with 2 MiB huge pages (`MFD_HUGETLB`, from those
+    /// reserved in /proc/sys/vm/nr_hugepages; StripefsError ENOMEM when too few are free):
+    /// physically contiguous memory, so each device request moves few large segments
+    /// whatever the kernel's free memory looks like.
+    #[pyo3(signature = (size, huge_pages = false))]
+    fn alloc(&self, py: Python<'_>, size: u64, huge_pages: bool) -> PyResult<Buffer> {
         let shared = self.shared()?;
         let mount = shared.mount.clone();
         let (buffer, handle) = py
             .detach(|| {
-                let buffer = ClientBuffer::new(size)?;
+                let buffer = ClientBuffer::with_huge_pages(size, huge_pages)?;
                 let handle = shared.client.register_buffer(&buffer)?;
                 Ok((buffer, handle))
             })

@@ -89,6 +89,36 @@ def test_read_pread_future_and_numpy_zero_copy(client, files):
     f.close()
 
 
+def huge_pages_free() -> int:
+    """Huge pages of 2 MiB free in the system's reserve (/proc/sys/vm/nr_hugepages)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("HugePages_Free:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_alloc_with_huge_pages(client, files):
+    """`alloc(huge_pages=True)` reads like any buffer where huge pages are reserved, and
+    says so with ENOMEM where they are not (most machines: none are reserved by default)."""
+    p = files[5]
+    want = p.read_bytes()
+    if huge_pages_free() < 2:
+        with pytest.raises(stripefs.StripefsError) as e:
+            client.alloc(len(want), huge_pages=True)
+        assert e.value.errno == errno.ENOMEM
+        assert "nr_hugepages" in str(e.value)
+        return
+    buf = client.alloc(len(want), huge_pages=True)
+    assert len(buf) == (len(want) + 4095) // 4096 * 4096
+    with client.open(str(p)) as f:
+        assert f.read(buf) == len(want)
+    x = np.frombuffer(buf, np.uint8, count=len(want))
+    assert x.tobytes() == want
+    del x
+    buf.close()
+
+
 def test_slices_memoryview_and_close_with_live_views(client):
     buf = client.alloc(3 * 4096)
     assert len(buf) == 3 * 4096
