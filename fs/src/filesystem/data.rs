@@ -77,14 +77,14 @@ pub(super) fn resolve(
     len: u64,
 ) -> Result<Vec<FilePiece>, FsError> {
     let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-    let record = inode.record.layout.as_ref().ok_or(FsError::IsDir)?;
+    let record = inode.layout().ok_or(FsError::IsDir)?;
     let layout = stripe_layout(record)?;
     let mut out = Vec::new();
     let segments = layout
         .segments(FileOffset(offset), len)
         .map_err(|e| FsError::invalid(e.to_string()))?;
     for seg in segments {
-        let map = inode.extents.get(seg.column).ok_or(FsError::Corrupt {
+        let map = inode.extents().get(seg.column).ok_or(FsError::Corrupt {
             device: String::new(),
             what: format!("inode {ino} has no extents for column {}", seg.column),
         })?;
@@ -241,7 +241,7 @@ impl Filesystem {
         edit: impl FnOnce(&mut stripefs_layout::ondisk::InodeRecord),
     ) -> Result<(), FsError> {
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-        let mut r = inode.record.clone();
+        let mut r = inode.record();
         edit(&mut r);
         records.push(Record::Inode(r));
         self.change(meta, records)
@@ -272,7 +272,7 @@ impl Filesystem {
                 .iter()
                 .map(|p| {
                     inode
-                        .extents
+                        .extents()
                         .get(p.column)
                         .and_then(|m| m.device_end_at(p.object_offset))
                 })
@@ -331,8 +331,8 @@ impl Filesystem {
     pub(super) fn file_size(&self, ino: u64) -> Result<u64, FsError> {
         let meta = self.meta.read();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-        match inode.record.kind {
-            InodeKind::File => Ok(inode.record.size),
+        match inode.kind() {
+            InodeKind::File => Ok(inode.size()),
             InodeKind::Dir => Err(FsError::IsDir),
             InodeKind::Symlink
             | InodeKind::Fifo

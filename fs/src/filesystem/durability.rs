@@ -242,7 +242,7 @@ impl Filesystem {
         let devices: Vec<usize> = {
             let meta = self.meta.read();
             let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-            match &inode.record.layout {
+            match inode.layout() {
                 Some(l) => l.devices.iter().map(|&d| usize::from(d)).collect(),
                 None => Vec::new(),
             }
@@ -297,7 +297,7 @@ pub(super) fn moves_data(meta: &Metadata, record: &Record) -> Option<u64> {
         | Record::TruncateExtents { ino, .. }
         | Record::RemoveExtents { ino, .. } => Some(*ino),
         Record::Inode(r) => match meta.get(r.ino) {
-            Some(old) if old.record.size == r.size && old.record.layout == r.layout => None,
+            Some(old) if old.size() == r.size && old.layout() == r.layout.as_ref() => None,
             _ => Some(r.ino),
         },
         _ => None,

@@ -65,7 +65,7 @@ impl Filesystem {
             },
         ];
         for ino in [a, b] {
-            if let Some(mut r) = meta.get(ino).map(|i| i.record.clone()) {
+            if let Some(mut r) = meta.get(ino).map(|i| i.record()) {
                 r.ctime = t;
                 records.push(Record::Inode(r));
             }

@@ -161,11 +161,11 @@ fn check_tree(meta: &Metadata, report: &mut FsckReport) {
     }
     let mut parents: HashMap<u64, usize> = HashMap::new();
     for dir in meta.iter().filter(|i| i.is_dir()) {
-        for (name, &child) in &dir.entries {
+        for (name, &child) in dir.entries() {
             match meta.get(child) {
                 None => report.problems.push(format!(
                     "directory {} entry {:?} points to missing inode {child}",
-                    dir.record.ino,
+                    dir.ino(),
                     String::from_utf8_lossy(name)
                 )),
                 Some(c) if c.is_dir() => *parents.entry(child).or_default() += 1,
@@ -185,7 +185,7 @@ fn check_tree(meta: &Metadata, report: &mut FsckReport) {
     let mut stack = vec![ROOT];
     while let Some(ino) = stack.pop() {
         if let Some(dir) = meta.get(ino) {
-            for &child in dir.entries.values() {
+            for &child in dir.entries().values() {
                 if meta.get(child).is_some_and(meta::Inode::is_dir) && seen.insert(child) {
                     stack.push(child);
                 }
@@ -194,11 +194,11 @@ fn check_tree(meta: &Metadata, report: &mut FsckReport) {
     }
     for dir in meta
         .iter()
-        .filter(|i| i.is_dir() && i.nlink > 0 && !seen.contains(&i.record.ino))
+        .filter(|i| i.is_dir() && i.nlink() > 0 && !seen.contains(&i.ino()))
     {
         report.problems.push(format!(
             "directory {} is not reachable from the root",
-            dir.record.ino
+            dir.ino()
         ));
     }
     report.orphans = meta.orphans().len();
@@ -207,14 +207,14 @@ fn check_tree(meta: &Metadata, report: &mut FsckReport) {
 /// A FIFO, socket or device node keeps no data: no layout, no extents, size 0, and only a
 /// device node has a device number.
 fn check_special(inode: &meta::Inode, report: &mut FsckReport) {
-    let r = &inode.record;
+    let r = &inode.record();
     let ino = r.ino;
     if r.layout.is_some() {
         report
             .problems
             .push(format!("special file {ino} ({:?}) has a layout", r.kind));
     }
-    if inode.extents.iter().any(|m| m.end() > 0) {
+    if inode.extents().iter().any(|m| m.end() > 0) {
         report
             .problems
             .push(format!("special file {ino} ({:?}) has extents", r.kind));
@@ -235,13 +235,13 @@ fn check_special(inode: &meta::Inode, report: &mut FsckReport) {
 
 fn check_layouts_and_sizes(meta: &Metadata, device_count: usize, report: &mut FsckReport) {
     for inode in meta.iter() {
-        let ino = inode.record.ino;
-        if inode.record.kind.is_special() {
+        let ino = inode.ino();
+        if inode.kind().is_special() {
             check_special(inode, report);
             continue;
         }
-        let Some(record) = &inode.record.layout else {
-            if inode.record.kind == InodeKind::File {
+        let Some(record) = inode.layout() else {
+            if inode.kind() == InodeKind::File {
                 report.problems.push(format!("file {ino} has no layout"));
             }
             continue;
@@ -264,18 +264,18 @@ fn check_layouts_and_sizes(meta: &Metadata, device_count: usize, report: &mut Fs
             }
         };
         // Blocks past the end are damage, unless fallocate kept them there on purpose.
-        if inode.record.prealloc {
+        if inode.prealloc() {
             continue;
         }
-        for (column, map) in inode.extents.iter().enumerate() {
+        for (column, map) in inode.extents().iter().enumerate() {
             let limit = layout
-                .column_extent(inode.record.size, column)
+                .column_extent(inode.size(), column)
                 .div_ceil(BLOCK_SIZE)
                 * BLOCK_SIZE;
             if map.end() > limit {
                 report.problems.push(format!(
                     "file {ino} (size {}) stores column {column} up to {}, beyond {limit}",
-                    inode.record.size,
+                    inode.size(),
                     map.end()
                 ));
             }
@@ -317,12 +317,12 @@ fn check_space(
             if start < area_start || start + len > area_start + area_len {
                 report.problems.push(format!(
                     "inode {}: extent {start}+{len} on {name} is outside its data area {area_start}+{area_len}",
-                    inode.record.ino
+                    inode.ino()
                 ));
             } else if alloc.reserve(d, start, len).is_err() {
                 report.problems.push(format!(
                     "inode {}: extent {start}+{len} on {name} overlaps space owned by another extent or a metadata piece",
-                    inode.record.ino
+                    inode.ino()
                 ));
             }
         }
@@ -331,7 +331,7 @@ fn check_space(
 
 fn count(meta: &Metadata, report: &mut FsckReport) {
     for inode in meta.iter() {
-        match inode.record.kind {
+        match inode.kind() {
             InodeKind::File => report.files += 1,
             InodeKind::Dir => report.directories += 1,
             InodeKind::Symlink => report.symlinks += 1,

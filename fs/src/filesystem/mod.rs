@@ -489,7 +489,7 @@ impl Filesystem {
         let mut meta = self.meta.write();
         let orphan = meta
             .get(ino)
-            .is_some_and(|i| i.nlink == 0 && i.record.ino != ROOT && !self.is_open(ino));
+            .is_some_and(|i| i.nlink() == 0 && i.ino() != ROOT && !self.is_open(ino));
         if orphan {
             self.change(&mut meta, vec![Record::FreeInode { ino }])?;
             self.after_free(&meta, ino);

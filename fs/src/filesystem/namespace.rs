@@ -196,12 +196,12 @@ impl Filesystem {
         let name = check_name(name.as_bytes())?;
         let mut meta = self.meta.write();
         let dir = directory(&meta, parent)?;
-        if dir.entries.contains_key(name) {
+        if dir.entries().contains_key(name) {
             return Err(FsError::Exists);
         }
         let layout = match kind {
             InodeKind::File => Some(self.layout_for_new_file(dir)),
-            InodeKind::Dir => dir.record.layout.clone(),
+            InodeKind::Dir => dir.layout().cloned(),
             InodeKind::Symlink
             | InodeKind::Fifo
             | InodeKind::Socket
@@ -220,7 +220,7 @@ impl Filesystem {
             Extra::Rdev(rdev) if kind.is_device() => record.rdev = rdev,
             Extra::Rdev(_) => {}
         }
-        let mut parent_record = dir.record.clone();
+        let mut parent_record = dir.record();
         parent_record.mtime = t;
         parent_record.ctime = t;
         self.change(
@@ -239,7 +239,7 @@ impl Filesystem {
     }
 
     pub(super) fn layout_for_new_file(&self, dir: &Inode) -> LayoutRecord {
-        if let Some(l) = &dir.record.layout {
+        if let Some(l) = dir.layout() {
             return l.clone();
         }
         let first = self.next_first_device.fetch_add(1, Ordering::Relaxed);
@@ -250,10 +250,10 @@ impl Filesystem {
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let meta = self.meta.read();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-        if inode.record.kind != InodeKind::Symlink {
+        if inode.kind() != InodeKind::Symlink {
             return Err(FsError::invalid("not a symbolic link"));
         }
-        Ok(inode.record.symlink_target.clone())
+        Ok(inode.symlink_target().to_vec())
     }
 
     /// Adds a hard link to `ino` (not a directory).
@@ -266,14 +266,14 @@ impl Filesystem {
                 what: "hard links to directories",
             });
         }
-        let mut record = inode.record.clone();
+        let mut record = inode.record();
         let dir = directory(&meta, parent)?;
-        if dir.entries.contains_key(name) {
+        if dir.entries().contains_key(name) {
             return Err(FsError::Exists);
         }
         let t = now();
         record.ctime = t;
-        let mut parent_record = dir.record.clone();
+        let mut parent_record = dir.record();
         parent_record.mtime = t;
         parent_record.ctime = t;
         self.change(
@@ -309,7 +309,7 @@ impl Filesystem {
         match (want_dir, inode.is_dir()) {
             (true, false) => return Err(FsError::NotDir),
             (false, true) => return Err(FsError::IsDir),
-            (true, true) if !inode.entries.is_empty() => return Err(FsError::NotEmpty),
+            (true, true) if !inode.entries().is_empty() => return Err(FsError::NotEmpty),
             _ => {}
         }
         let t = now();
@@ -330,7 +330,7 @@ impl Filesystem {
         parent: u64,
         t: Timestamp,
     ) -> Option<Record> {
-        let mut r = meta.get(parent)?.record.clone();
+        let mut r = meta.get(parent)?.record();
         r.mtime = t;
         r.ctime = t;
         Some(Record::Inode(r))
@@ -344,12 +344,12 @@ impl Filesystem {
         let last = if inode.is_dir() {
             true
         } else {
-            inode.nlink <= 1
+            inode.nlink() <= 1
         };
         if last && !self.is_open(ino) {
             return vec![Record::FreeInode { ino }];
         }
-        let mut r = inode.record.clone();
+        let mut r = inode.record();
         r.ctime = t;
         vec![Record::Inode(r)]
     }
@@ -394,7 +394,7 @@ impl Filesystem {
         }
         let target = meta
             .get(new_parent)
-            .and_then(|d| d.entries.get(new_name).copied());
+            .and_then(|d| d.entries().get(new_name).copied());
         let t = now();
         let mut records = Vec::new();
         if let Some(target) = target {
@@ -408,7 +408,9 @@ impl Filesystem {
             match (source_is_dir, target_inode.is_dir()) {
                 (true, false) => return Err(FsError::NotDir),
                 (false, true) => return Err(FsError::IsDir),
-                (true, true) if !target_inode.entries.is_empty() => return Err(FsError::NotEmpty),
+                (true, true) if !target_inode.entries().is_empty() => {
+                    return Err(FsError::NotEmpty);
+                }
                 _ => {}
             }
             records.push(Record::Unlink {
@@ -426,7 +428,7 @@ impl Filesystem {
             name: new_name.to_vec(),
             ino,
         });
-        if let Some(mut r) = meta.get(ino).map(|i| i.record.clone()) {
+        if let Some(mut r) = meta.get(ino).map(|i| i.record()) {
             r.ctime = t;
             records.push(Record::Inode(r));
         }
@@ -464,9 +466,9 @@ impl Filesystem {
     ) -> Result<(), FsError> {
         let meta = self.meta.read();
         let dir = directory(&meta, ino)?;
-        let dots = [(0, &b"."[..], ino), (1, &b".."[..], dir.parent)];
+        let dots = [(0, &b"."[..], ino), (1, &b".."[..], dir.parent())];
         let dots = dots.into_iter().filter(|&(at, _, _)| at >= offset);
-        for (at, name, child) in dots.chain(dir.entries.from_position(offset)) {
+        for (at, name, child) in dots.chain(dir.entries().from_position(offset)) {
             // Every entry names an inode (apply refuses a link to a missing one).
             let Some(inode) = meta.get(child) else {
                 continue;
@@ -518,7 +520,7 @@ pub(super) fn child(meta: &Metadata, parent: u64, name: &[u8]) -> Result<u64, Fs
         });
     }
     directory(meta, parent)?
-        .entries
+        .entries()
         .get(name)
         .copied()
         .ok_or(FsError::NotFound)
@@ -531,7 +533,7 @@ pub(super) fn is_ancestor(meta: &Metadata, ancestor: u64, mut ino: u64) -> bool 
             return true;
         }
         match meta.get(ino) {
-            Some(i) if i.parent != ino => ino = i.parent,
+            Some(i) if i.parent() != ino => ino = i.parent(),
             _ => return false,
         }
     }
@@ -551,22 +553,21 @@ pub(super) fn file_type(kind: InodeKind) -> FileType {
 }
 
 pub(super) fn attr(inode: &Inode) -> Attr {
-    let r: &InodeRecord = &inode.record;
-    let stored: u64 = inode.extents.iter().map(|m| m.stored_bytes()).sum();
+    let stored: u64 = inode.extents().iter().map(|m| m.stored_bytes()).sum();
     Attr {
-        ino: r.ino,
-        kind: file_type(r.kind),
-        size: r.size,
+        ino: inode.ino(),
+        kind: file_type(inode.kind()),
+        size: inode.size(),
         blocks: stored / 512,
-        mode: r.mode,
-        nlink: inode.nlink,
-        uid: r.uid,
-        gid: r.gid,
-        atime: to_system_time(r.atime),
-        mtime: to_system_time(r.mtime),
-        ctime: to_system_time(r.ctime),
-        crtime: to_system_time(r.crtime),
+        mode: inode.mode(),
+        nlink: inode.nlink(),
+        uid: inode.uid(),
+        gid: inode.gid(),
+        atime: to_system_time(inode.atime()),
+        mtime: to_system_time(inode.mtime()),
+        ctime: to_system_time(inode.ctime()),
+        crtime: to_system_time(inode.crtime()),
         blksize: BLOCK_SIZE as u32,
-        rdev: r.rdev,
+        rdev: inode.rdev(),
     }
 }

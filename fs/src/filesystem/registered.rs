@@ -85,13 +85,11 @@ impl Filesystem {
         let devices: Vec<u16> = {
             let meta = self.meta.read();
             let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-            if inode.record.kind != InodeKind::File {
+            if inode.kind() != InodeKind::File {
                 return Err(FsError::invalid("only regular files can be registered"));
             }
             inode
-                .record
-                .layout
-                .as_ref()
+                .layout()
                 .map(|l| l.devices.clone())
                 .unwrap_or_default()
         };
@@ -128,7 +126,7 @@ impl Filesystem {
     pub fn open_registered(&self, ino: u64) -> Result<OpenedFile, FsError> {
         let meta = self.meta.read();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-        if inode.record.kind != InodeKind::File {
+        if inode.kind() != InodeKind::File {
             return Err(FsError::invalid(
                 "only regular files can be opened for registered I/O",
             ));

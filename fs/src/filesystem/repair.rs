@@ -139,17 +139,17 @@ type Fix = (Record, String);
 fn remove_dangling_entries(meta: &Metadata) -> Vec<Fix> {
     let mut fixes = Vec::new();
     for dir in meta.iter().filter(|i| i.is_dir()) {
-        for (name, &child) in &dir.entries {
+        for (name, &child) in dir.entries() {
             if meta.get(child).is_none() {
                 fixes.push((
                     Record::Unlink {
-                        parent: dir.record.ino,
-                        name: name.clone(),
+                        parent: dir.ino(),
+                        name: name.to_vec(),
                     },
                     format!(
                         "removed entry {:?} of directory {}: it named inode {child}, which does not exist",
                         String::from_utf8_lossy(name),
-                        dir.record.ino
+                        dir.ino()
                     ),
                 ));
             }
@@ -177,29 +177,29 @@ fn free_orphans(meta: &Metadata) -> Vec<Fix> {
 fn release_extents_past_the_end(meta: &Metadata) -> Vec<Fix> {
     let mut fixes = Vec::new();
     // Preallocated blocks past the end (fallocate with KEEP_SIZE) are kept.
-    for inode in meta.iter().filter(|i| !i.record.prealloc) {
-        let Some(record) = &inode.record.layout else {
+    for inode in meta.iter().filter(|i| !i.prealloc()) {
+        let Some(record) = inode.layout() else {
             continue;
         };
         let Ok(layout) = stripe_layout(record) else {
             continue;
         };
-        for (column, map) in inode.extents.iter().enumerate() {
+        for (column, map) in inode.extents().iter().enumerate() {
             let keep = layout
-                .column_extent(inode.record.size, column)
+                .column_extent(inode.size(), column)
                 .div_ceil(BLOCK_SIZE)
                 * BLOCK_SIZE;
             if map.end() > keep {
                 fixes.push((
                     Record::TruncateExtents {
-                        ino: inode.record.ino,
+                        ino: inode.ino(),
                         column: column as u16,
                         object_offset: keep,
                     },
                     format!(
                         "released column {column} of file {} past its end (size {}): {} bytes stored beyond {keep}",
-                        inode.record.ino,
-                        inode.record.size,
+                        inode.ino(),
+                        inode.size(),
                         map.end() - keep
                     ),
                 ));

@@ -210,13 +210,13 @@ fn to_store(pieces: &[FilePiece], fates: &[Fate]) -> Vec<FilePiece> {
 /// The records that drop the storage of the block-aligned file ranges `dropped`: one
 /// `RemoveExtents` per column run that holds something.
 fn drop_records(inode: &Inode, dropped: &[(u64, u64)]) -> Result<Vec<Record>, FsError> {
-    let ino = inode.record.ino;
-    let Some(record) = &inode.record.layout else {
+    let ino = inode.ino();
+    let Some(record) = inode.layout() else {
         return Ok(Vec::new());
     };
     let layout = stripe_layout(record)?;
     // Per column, object ranges merged where they touch.
-    let mut ranges: Vec<Vec<(u64, u64)>> = vec![Vec::new(); inode.extents.len()];
+    let mut ranges: Vec<Vec<(u64, u64)>> = vec![Vec::new(); inode.extents().len()];
     for &(a0, a1) in dropped {
         let segments = layout
             .segments(FileOffset(a0), a1 - a0)
@@ -235,7 +235,7 @@ fn drop_records(inode: &Inode, dropped: &[(u64, u64)]) -> Result<Vec<Record>, Fs
     let mut records = Vec::new();
     for (column, list) in ranges.iter().enumerate() {
         for &(s, e) in list {
-            let stored = inode.extents[column]
+            let stored = inode.extents()[column]
                 .pieces(s, e - s)
                 .iter()
                 .any(|p| matches!(p, Piece::Mapped(_)));
@@ -258,19 +258,19 @@ fn cut_records(inode: &Inode, cut: Option<(u64, bool)>) -> Result<Vec<Record>, F
     let Some((size, shrinks)) = cut else {
         return Ok(Vec::new());
     };
-    let Some(record) = &inode.record.layout else {
+    let Some(record) = inode.layout() else {
         return Ok(Vec::new());
     };
-    if !shrinks && !inode.record.prealloc {
+    if !shrinks && !inode.prealloc() {
         return Ok(Vec::new());
     }
     let layout = stripe_layout(record)?;
     let mut records = Vec::new();
-    for (column, map) in inode.extents.iter().enumerate() {
+    for (column, map) in inode.extents().iter().enumerate() {
         let keep = round_up(layout.column_extent(size, column));
         if map.end() > keep {
             records.push(Record::TruncateExtents {
-                ino: inode.record.ino,
+                ino: inode.ino(),
                 column: column as u16,
                 object_offset: keep,
             });

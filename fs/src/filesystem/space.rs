@@ -202,14 +202,14 @@ impl Filesystem {
         }
         let meta = self.meta.read();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-        let Some(record) = &inode.record.layout else {
+        let Some(record) = inode.layout() else {
             return Err(FsError::invalid("a file without a layout"));
         };
         let layout = stripe_layout(record)?;
         // Within a column, file offsets grow with object offsets: the first match of each
         // column is its candidate, and the answer is the smallest candidate.
         let mut best = u64::MAX;
-        for (column, map) in inode.extents.iter().enumerate() {
+        for (column, map) in inode.extents().iter().enumerate() {
             let from = layout.column_extent(offset, column);
             let found = match whence {
                 Seek::Data => map.next_mapped(from),

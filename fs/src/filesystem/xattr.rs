@@ -50,7 +50,7 @@ impl Filesystem {
                 .ok_or(FsError::NoXattr);
         }
         if name.as_bytes() == LAYOUT_XATTR.as_bytes() {
-            return match (&inode.record.layout, inode.record.kind) {
+            return match (inode.layout(), inode.kind()) {
                 (Some(l), _) => Ok(format_layout(l).into_bytes()),
                 (None, InodeKind::Dir) => Ok(format!(
                     "{} (filesystem default)",
@@ -61,7 +61,7 @@ impl Filesystem {
             };
         }
         inode
-            .xattrs
+            .xattrs()
             .get(name.as_bytes())
             .cloned()
             .ok_or(FsError::NoXattr)
@@ -72,13 +72,13 @@ impl Filesystem {
         let meta = self.meta.read();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
         let mut names: Vec<Vec<u8>> = Vec::new();
-        if matches!(inode.record.kind, InodeKind::File | InodeKind::Dir) {
+        if matches!(inode.kind(), InodeKind::File | InodeKind::Dir) {
             names.push(LAYOUT_XATTR.as_bytes().to_vec());
         }
         if self.control_socket.read().is_some() {
             names.push(CONTROL_XATTR.as_bytes().to_vec());
         }
-        names.extend(inode.xattrs.keys().cloned());
+        names.extend(inode.xattrs().keys().cloned());
         Ok(names)
     }
 
@@ -108,14 +108,14 @@ impl Filesystem {
         }
         let mut meta = self.meta.write();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-        let exists = inode.xattrs.contains_key(name);
+        let exists = inode.xattrs().contains_key(name);
         if flags.create && exists {
             return Err(FsError::Exists);
         }
         if flags.replace && !exists {
             return Err(FsError::NoXattr);
         }
-        let mut r = inode.record.clone();
+        let mut r = inode.record();
         r.ctime = now();
         self.change(
             &mut meta,
@@ -135,10 +135,10 @@ impl Filesystem {
         let name = name.as_bytes();
         let mut meta = self.meta.write();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-        let mut r = inode.record.clone();
+        let mut r = inode.record();
         r.ctime = now();
         if name == LAYOUT_XATTR.as_bytes() {
-            if inode.record.kind != InodeKind::Dir {
+            if inode.kind() != InodeKind::Dir {
                 return Err(FsError::invalid(
                     "a file's layout cannot be removed, only replaced",
                 ));
@@ -146,7 +146,7 @@ impl Filesystem {
             r.layout = None;
             return self.change(&mut meta, vec![Record::Inode(r)]);
         }
-        if !inode.xattrs.contains_key(name) {
+        if !inode.xattrs().contains_key(name) {
             return Err(FsError::NoXattr);
         }
         self.change(
@@ -170,10 +170,10 @@ impl Filesystem {
         }
         let mut meta = self.meta.write();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-        match inode.record.kind {
+        match inode.kind() {
             InodeKind::Dir => {}
             InodeKind::File
-                if inode.record.size == 0 && inode.extents.iter().all(|m| m.end() == 0) => {}
+                if inode.size() == 0 && inode.extents().iter().all(|m| m.end() == 0) => {}
             InodeKind::File => {
                 return Err(FsError::invalid(
                     "the layout of a file can only be set while it is empty",
@@ -189,7 +189,7 @@ impl Filesystem {
                 ));
             }
         }
-        let mut r = inode.record.clone();
+        let mut r = inode.record();
         r.layout = Some(layout);
         r.ctime = now();
         self.change(&mut meta, vec![Record::Inode(r)])

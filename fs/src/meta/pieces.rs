@@ -162,7 +162,7 @@ impl DirtyPieces {
     }
 
     fn plan_entry(&self, meta: &Metadata, dir: u64, name: &[u8], nearby: usize) -> Touch {
-        let n = meta.get(dir).map_or(0, |d| d.entries.len());
+        let n = meta.get(dir).map_or(0, |d| d.entries().len());
         let now = self.spilled.get(&dir).copied();
         let next = target(now, n.saturating_sub(nearby + 1), n + nearby + 1, dir);
         let mut pieces = vec![piece_of(dir)];
@@ -300,12 +300,9 @@ impl DirtyPieces {
         let inodes: Vec<&Inode> = (first..first.saturating_add(PIECE_INODES))
             .filter_map(|ino| meta.get(ino))
             .collect();
-        let mut out: Vec<Record> = inodes
-            .iter()
-            .map(|i| Record::Inode(i.record.clone()))
-            .collect();
+        let mut out: Vec<Record> = inodes.iter().map(|i| Record::Inode(i.record())).collect();
         for inode in inodes {
-            let inline = !self.spilled.contains_key(&inode.record.ino);
+            let inline = !self.spilled.contains_key(&inode.ino());
             held_records(inode, inline, &mut out);
         }
         out
@@ -326,22 +323,29 @@ impl DirtyPieces {
         if wanted.is_empty() {
             return out;
         }
-        for (name, &child) in &inode.entries {
+        // Entries in name order within each piece, without sorting the whole directory.
+        for (name, &child) in inode.entries().unordered() {
             let id = entry_piece(dir, bits, bucket_of(name, bits));
             if let Some(&i) = wanted.get(&id) {
                 out[i].1.push(Record::Link {
                     parent: dir,
-                    name: name.clone(),
+                    name: name.to_vec(),
                     ino: child,
                 });
             }
+        }
+        for (_, records) in &mut out {
+            records.sort_unstable_by(|a, b| match (a, b) {
+                (Record::Link { name: x, .. }, Record::Link { name: y, .. }) => x.cmp(y),
+                _ => std::cmp::Ordering::Equal,
+            });
         }
         out
     }
 
     /// Every piece that holds something.
     pub fn all(&self, meta: &Metadata) -> BTreeSet<u64> {
-        let mut pieces: BTreeSet<u64> = meta.iter().map(|i| piece_of(i.record.ino)).collect();
+        let mut pieces: BTreeSet<u64> = meta.iter().map(|i| piece_of(i.ino())).collect();
         for (&dir, &bits) in &self.spilled {
             pieces.extend(all_buckets(dir, Some(bits)));
         }
