@@ -549,9 +549,11 @@ fn a_full_metadata_area_refuses_changes_instead_of_losing_them() {
         assert!(made < 100_000, "metadata never filled up");
     };
     assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    // Metadata room goes a piece (256 inodes) at a time.
     assert!(
-        fs.statfs().ffree < 64,
-        "statfs shows the metadata is nearly full"
+        fs.statfs().ffree < made / 50,
+        "statfs shows the metadata is nearly full ({:?}, after {made} files: {err})",
+        fs.statfs()
     );
     fs.shutdown()
         .expect("everything acknowledged fits in a checkpoint");

@@ -12,7 +12,10 @@ use std::path::PathBuf;
 use common::{Devices, ME, ROOT, data, fsck, queues};
 use stripefs_engine::DeviceQueue;
 use stripefs_fs::filesystem::{Filesystem, FsckReport, repair};
-use stripefs_layout::ondisk::{Record, Superblock, decode_checkpoint, encode_checkpoint};
+use stripefs_layout::ondisk::{
+    Record, Superblock, decode_checkpoint_header, decode_checkpoint_table, decode_piece,
+    encode_checkpoint,
+};
 
 fn devices() -> Devices {
     common::formatted(3, 48 << 20, 64 << 10, 2 << 20)
@@ -67,11 +70,35 @@ fn slot_len(sb: &Superblock) -> u64 {
     (sb.meta_len / 4) / 4096 * 4096
 }
 
+/// Every record of the checkpoint whose slot is `slot`, read from its pieces on replica
+/// `replica` (at `path`): inode records first, as a version 1 checkpoint holds them.
+fn checkpoint_records(slot: &[u8], path: &PathBuf, replica: usize) -> Vec<Record> {
+    let header = decode_checkpoint_header(slot).expect("checkpoint header");
+    let table = decode_checkpoint_table(header, &slot[4096..]).expect("piece table");
+    let f = std::fs::File::open(path).expect("open replica");
+    let mut records: Vec<Record> = Vec::new();
+    for entry in &table.pieces {
+        let mut bytes = Vec::new();
+        for &(offset, len) in &entry.replicas[replica] {
+            let mut run = vec![0u8; len as usize];
+            f.read_exact_at(&mut run, offset).expect("read piece");
+            bytes.extend(run);
+        }
+        records.extend(decode_piece(entry, &bytes).expect("piece"));
+    }
+    let (mut inodes, rest): (Vec<Record>, Vec<Record>) = records
+        .into_iter()
+        .partition(|r| matches!(r, Record::Inode(_)));
+    inodes.extend(rest);
+    inodes
+}
+
 /// Reads the newest checkpoint, lets `edit` change its records, and writes the result as
-/// the next generation on both replicas (as a buggy writer would have).
+/// the next generation on both replicas (as a buggy writer would have), in the older format
+/// that holds the records themselves.
 fn rewrite_checkpoint(d: &Devices, edit: impl Fn(&mut Vec<Record>)) {
     let generation = check(d).checkpoint_generation;
-    for path in &d.paths[..2] {
+    for (replica, path) in d.paths[..2].iter().enumerate() {
         let sb = superblock(path);
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -81,7 +108,7 @@ fn rewrite_checkpoint(d: &Devices, edit: impl Fn(&mut Vec<Record>)) {
         let mut slot = vec![0u8; slot_len(&sb) as usize];
         f.read_exact_at(&mut slot, sb.meta_offset + (generation % 2) * slot_len(&sb))
             .expect("read checkpoint");
-        let (_, mut records) = decode_checkpoint(&slot).expect("decode checkpoint");
+        let mut records = checkpoint_records(&slot, path, replica);
         edit(&mut records);
         let image = encode_checkpoint(generation + 1, &records);
         f.write_all_at(

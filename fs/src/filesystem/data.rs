@@ -200,7 +200,9 @@ impl Filesystem {
     /// Like [`allocate_holes`](Self::allocate_holes); when the devices are full, commits
     /// first and tries again: space freed by changes not yet durable comes back with a
     /// commit (one that another thread finishes meanwhile counts too: asking whether space
-    /// is busy first would race with it). Nothing pending: the sync returns at once.
+    /// is busy first would race with it). Nothing pending: the sync returns at once. Then,
+    /// if the metadata replicas keep space for the next checkpoint's pieces, a checkpoint
+    /// gives it back and the allocation is tried once more.
     pub(super) fn allocate_or_sync(
         &self,
         ino: u64,
@@ -209,7 +211,13 @@ impl Filesystem {
         match self.allocate_holes(ino, pieces) {
             Err(FsError::NoSpace(_)) => {
                 self.sync()?;
-                self.allocate_holes(ino, pieces)
+                match self.allocate_holes(ino, pieces) {
+                    Err(FsError::NoSpace(_)) if self.pieces_hold_space() => {
+                        self.checkpoint()?;
+                        self.allocate_holes(ino, pieces)
+                    }
+                    other => other,
+                }
             }
             other => other,
         }

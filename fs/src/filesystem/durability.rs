@@ -3,10 +3,13 @@
 //! and `fsync`/`fdatasync` wait for the commit their data needs (see `commit` for the
 //! group commit and the busy extents).
 
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
 use stripefs_layout::ondisk::{Record, Superblock};
 
 use super::Filesystem;
-use super::commit::Lsn;
+use super::commit::{Cut, Lsn};
 use super::error::FsError;
 use super::journal::Journal;
 use super::pieces::{self, Staged};
@@ -43,6 +46,11 @@ impl Filesystem {
     /// checkpoint. Returns the last change it made durable.
     pub(super) fn write_log(&self) -> Result<Lsn, FsError> {
         let mut journal = self.journal.lock();
+        if self.checkpoint_soon.swap(false, Ordering::AcqRel) {
+            // The pieces changed since the last checkpoint hold much of the replicas' free
+            // space (their new copies are kept free for it): a checkpoint gives it back.
+            return self.write_checkpoint(&mut journal);
+        }
         let cut = self.pending.lock().take();
         match journal.append(&self.devices, &self.pool, &cut.records) {
             Ok(true) => {
@@ -65,16 +73,41 @@ impl Filesystem {
     /// pieces and the cut: a change in both would be replayed twice, one in neither would
     /// be lost).
     pub(super) fn write_checkpoint(&self, journal: &mut Journal) -> Result<Lsn, FsError> {
-        let (staged, cut, dirty) = {
+        let staged = {
             let meta = self.meta.read();
-            let cut = self.pending.lock().take();
-            let mut pieces = self.pieces.lock();
-            let dirty = pieces.take();
-            let changed = pieces.records(&meta, &dirty);
-            drop(pieces);
-            let staged = pieces::stage(journal, changed, &mut self.alloc.lock());
-            (staged, cut, dirty)
+            self.stage_checkpoint(journal, &meta)
         };
+        self.finish_checkpoint(journal, staged)
+    }
+
+    /// A checkpoint written by a change that found no room for its records (the caller holds
+    /// the metadata, `meta`): the space kept for the changed pieces' new copies comes back
+    /// once they are written. Refused (`busy`) if a commit holds the journal.
+    fn checkpoint_within_change(&self, meta: &Metadata, busy: FsError) -> Result<(), FsError> {
+        let Some(mut journal) = self.journal.try_lock() else {
+            return Err(busy);
+        };
+        let staged = self.stage_checkpoint(&mut journal, meta);
+        self.finish_checkpoint(&mut journal, staged).map(|_| ())
+    }
+
+    /// Cuts the queue and takes the changed pieces, at the same change, and stages them.
+    fn stage_checkpoint(&self, journal: &Journal, meta: &Metadata) -> StagedCheckpoint {
+        let cut = self.pending.lock().take();
+        let mut pieces = self.pieces.lock();
+        let dirty = pieces.take();
+        let changed = pieces.records(meta, &dirty);
+        drop(pieces);
+        let staged = pieces::stage(journal, changed, &mut self.alloc.lock());
+        (staged, cut, dirty)
+    }
+
+    /// Writes a staged checkpoint; on failure puts the cut and the pieces back.
+    fn finish_checkpoint(
+        &self,
+        journal: &mut Journal,
+        (staged, cut, dirty): StagedCheckpoint,
+    ) -> Result<Lsn, FsError> {
         let result = staged.and_then(|staged| {
             journal.write_checkpoint(&self.devices, &self.pool, &staged)?;
             Ok(staged)
@@ -121,9 +154,23 @@ impl Filesystem {
     pub(super) fn keep_metadata_room(&self) {
         let bound = self.pieces.lock().bound();
         let mut alloc = self.alloc.lock();
+        let mut least_free = u64::MAX;
         for device in self.replica_devices() {
-            alloc.keep(device, bound + self.meta_slack);
+            alloc.keep(device, bound + self.meta_slack + CHANGE_ROOM);
+            least_free = least_free.min(alloc.free(device));
         }
+        // Past an eighth of the free space (at most 64 MiB, at least 1 MiB), the next
+        // commit is a checkpoint.
+        let threshold = (least_free / 8).clamp(1 << 20, 64 << 20);
+        if bound > threshold {
+            self.checkpoint_soon.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether the space kept for the next checkpoint's pieces is worth getting back with a
+    /// checkpoint (an allocation that failed).
+    pub(super) fn pieces_hold_space(&self) -> bool {
+        self.pieces.lock().bound() > 0
     }
 
     /// The metadata replica devices.
@@ -161,7 +208,13 @@ impl Filesystem {
     /// `MetadataFull` (ENOSPC) when the metadata could no longer be checkpointed, so that
     /// nothing is acknowledged that cannot be made durable.
     pub(super) fn change(&self, meta: &mut Metadata, records: Vec<Record>) -> Result<(), FsError> {
-        self.reserve_metadata(meta, &records)?;
+        match self.reserve_metadata(meta, &records) {
+            Err(full @ FsError::MetadataFull { .. }) if self.pieces_hold_space() => {
+                self.checkpoint_within_change(meta, full)?;
+                self.reserve_metadata(meta, &records)?;
+            }
+            other => other?,
+        }
         let mut pending = self.pending.lock();
         let lsn = pending.begin();
         for r in records {
@@ -214,11 +267,19 @@ impl Filesystem {
         };
         let entries = (pieces.stored_count() + pieces.new_count() + records.len()) as u64;
         let table = CHECKPOINT_OVERHEAD + entries * TABLE_ENTRY_BOUND;
-        if free < needed || (grows && table > self.meta_capacity) {
-            return Err(FsError::MetadataFull {
-                needed: needed.max(table),
-                available: free.min(self.meta_capacity),
-            });
+        let (needed, available) = if free < needed {
+            (needed, free)
+        } else if grows && table > self.meta_capacity {
+            (table, self.meta_capacity)
+        } else {
+            (0, 0)
+        };
+        if needed > 0 {
+            if pieces.bound() > 0 {
+                // Part of that space comes back with the next checkpoint.
+                self.checkpoint_soon.store(true, Ordering::Release);
+            }
+            return Err(FsError::MetadataFull { needed, available });
         }
         for (touched, size) in touched {
             pieces.touch(touched, size);
@@ -268,6 +329,13 @@ pub(super) const CHECKPOINT_OVERHEAD: u64 = stripefs_layout::ondisk::CHECKPOINT_
 /// Bytes a piece's table entry takes at most with two replicas of two runs each (most take
 /// one run; the table's size is checked exactly when it is written).
 const TABLE_ENTRY_BOUND: u64 = 16 + 2 * (2 + 2 * 16);
+
+/// A checkpoint's table and pieces staged, the queue's cut and the pieces it takes.
+type StagedCheckpoint = (Result<Staged, FsError>, Cut, BTreeSet<u64>);
+
+/// Bytes of each replica that data allocations leave beyond what the next checkpoint needs
+/// and the slack: room for the records of the change that uses the data.
+const CHANGE_ROOM: u64 = 256 << 10;
 
 /// Bytes of each replica kept beyond what the next checkpoint needs, for changes that only
 /// remove (and their checkpoint), so that a full filesystem can always be emptied: 4 MiB, or

@@ -31,7 +31,9 @@ pub enum FsError {
     Invalid { what: String },
     #[error("no space left: {0}")]
     NoSpace(#[from] AllocError),
-    #[error("metadata area full: a checkpoint of {needed} bytes does not fit in {available}")]
+    #[error(
+        "no room for the metadata: {needed} bytes needed on each metadata replica (the next checkpoint's pieces, or its table in the log area), {available} available"
+    )]
     MetadataFull { needed: u64, available: u64 },
     #[error("no such attribute")]
     NoXattr,

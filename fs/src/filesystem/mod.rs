@@ -231,6 +231,8 @@ pub struct Filesystem {
     pieces: Mutex<DirtyPieces>,
     /// Bytes of each replica kept for changes that only remove.
     meta_slack: u64,
+    /// The next commit writes a checkpoint (to give back the space kept for its pieces).
+    checkpoint_soon: AtomicBool,
 }
 
 /// Current time as a record timestamp.
@@ -333,6 +335,7 @@ impl Filesystem {
             meta_capacity,
             pieces: Mutex::new(dirty),
             meta_slack: durability::metadata_slack(&superblocks),
+            checkpoint_soon: AtomicBool::new(false),
             id,
             pool,
             superblocks,

@@ -87,14 +87,14 @@ impl Filesystem {
     }
 
     /// Clears the set-user-ID and set-group-ID bits of `ino` as `kill` says (a write by a
-    /// caller without `CAP_FSETID`), as one change; nothing when none goes. The kernel keeps the mode it cached (a write tells it of new times and size
-    /// only), so a cleared bit is followed by the invalidator.
+    /// caller without `CAP_FSETID`), as one change; nothing when none goes. The kernel keeps
+    /// the mode it cached (a write tells it of new times and size only), so a cleared bit is
+    /// followed by the invalidator.
     pub fn kill_suidgid(&self, ino: u64, kill: KillSuidgid) -> Result<(), FsError> {
         let set = {
             let meta = self.meta.read();
             let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-            let r = &inode.record;
-            kill.apply(r.mode, r.gid) != r.mode
+            kill.apply(inode.mode(), inode.gid()) != inode.mode()
         };
         if !set {
             return Ok(());

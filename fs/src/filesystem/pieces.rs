@@ -177,7 +177,11 @@ pub(crate) fn replay(
     let mut waiting = Vec::new();
     let pieces = &journal.table().pieces;
     let split = pieces.partition_point(|p| p.id < ENTRY_PIECES);
-    let order: Vec<&PieceEntry> = pieces[..split].iter().rev().chain(&pieces[split..]).collect();
+    let order: Vec<&PieceEntry> = pieces[..split]
+        .iter()
+        .rev()
+        .chain(&pieces[split..])
+        .collect();
     // One thread reads and decodes the pieces while this one applies them.
     std::thread::scope(|scope| -> Result<(), FsError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
