@@ -1,4 +1,4 @@
-//! The two filesystems of the metadata sweep, made and mounted the way a user would: stripefs
+//! The two filesystems of the sweeps on a mount, made and mounted the way a user would: stripefs
 //! with this program's own `mkfs`, `mount --daemon` and `umount` commands (a daemon process
 //! serving the FUSE mount, with its default threads and commit interval), and btrfs with
 //! data raid0 and metadata raid1 (`mkfs.btrfs -d raid0 -m raid1`) over the same devices.
@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::command::run_quiet;
+use super::command::{run_output, run_quiet};
 use crate::devices::wait_until_free;
 
 /// Which filesystem.
@@ -39,7 +39,7 @@ impl FsKind {
         let mut cmd = match self {
             FsKind::Stripefs => {
                 let mut c = stripefs()?;
-                c.args(["mkfs", "--force", "--label", "stripefs-bench-meta"]);
+                c.args(["mkfs", "--force", "--label", "stripefs-bench"]);
                 c
             }
             FsKind::Btrfs => {
@@ -65,6 +65,8 @@ pub struct Mounted {
     devices: Vec<PathBuf>,
     mountpoint: PathBuf,
     mounted: bool,
+    /// The pid of the stripefs daemon serving the mount (as `mount --daemon` printed it).
+    daemon: Option<u32>,
 }
 
 impl Mounted {
@@ -75,6 +77,7 @@ impl Mounted {
             devices: devices.to_vec(),
             mountpoint: mountpoint.to_path_buf(),
             mounted: false,
+            daemon: None,
         };
         m.attach()?;
         Ok(m)
@@ -83,6 +86,11 @@ impl Mounted {
     /// Where it is mounted.
     pub fn path(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The pid of the stripefs daemon serving the mount (None for btrfs, or when unmounted).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.filter(|_| self.mounted)
     }
 
     /// Unmounts and mounts again: nothing of the filesystem stays in the kernel's caches
@@ -108,6 +116,7 @@ impl Mounted {
         run_quiet(cmd.arg(&self.mountpoint))
             .with_context(|| format!("unmounting {}", self.kind.name()))?;
         self.mounted = false;
+        self.daemon = None;
         Ok(())
     }
 
@@ -135,11 +144,18 @@ impl Mounted {
                 c
             }
         };
-        run_quiet(cmd.arg(&self.mountpoint))
+        let said = run_output(cmd.arg(&self.mountpoint))
             .with_context(|| format!("mounting {}", self.kind.name()))?;
         self.mounted = true;
+        self.daemon = daemon_pid(&said);
         Ok(())
     }
+}
+
+/// The daemon's pid in what `stripefs mount --daemon` printed ("… (daemon pid N)").
+fn daemon_pid(said: &str) -> Option<u32> {
+    let (_, rest) = said.split_once("(daemon pid ")?;
+    rest.split(')').next()?.trim().parse().ok()
 }
 
 impl Drop for Mounted {
@@ -147,5 +163,23 @@ impl Drop for Mounted {
         if let Err(e) = self.unmount() {
             eprintln!("stripefs bench: {e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::daemon_pid;
+
+    #[test]
+    fn the_daemon_pid_is_read_from_what_mount_printed() {
+        assert_eq!(
+            daemon_pid("stripefs: mounted on /mnt/x (daemon pid 4242)\n"),
+            Some(4242)
+        );
+        assert_eq!(daemon_pid(""), None);
+        assert_eq!(
+            daemon_pid("stripefs: mounted on /mnt/x (daemon pid )"),
+            None
+        );
     }
 }
