@@ -53,6 +53,9 @@ impl FsKind {
     }
 }
 
+/// Seconds `stripefs umount` waits for the daemon to write its checkpoint and exit.
+const UNMOUNT_TIMEOUT: &str = "1800";
+
 /// The `stripefs` program (this one).
 fn stripefs() -> Result<Command> {
     let exe = std::env::current_exe().context("finding this program")?;
@@ -67,6 +70,8 @@ pub struct Mounted {
     mounted: bool,
     /// The pid of the stripefs daemon serving the mount (as `mount --daemon` printed it).
     daemon: Option<u32>,
+    /// Where the stripefs daemon appends its messages (`mount --log`), if anywhere.
+    log: Option<PathBuf>,
 }
 
 impl Mounted {
@@ -78,6 +83,27 @@ impl Mounted {
             mountpoint: mountpoint.to_path_buf(),
             mounted: false,
             daemon: None,
+            log: None,
+        };
+        m.attach()?;
+        Ok(m)
+    }
+
+    /// Like [`Mounted::mount`], with the stripefs daemon's messages appended to `log` (this
+    /// mount's and every remount's).
+    pub fn mount_logged(
+        kind: FsKind,
+        devices: &[PathBuf],
+        mountpoint: &Path,
+        log: &Path,
+    ) -> Result<Mounted> {
+        let mut m = Mounted {
+            kind,
+            devices: devices.to_vec(),
+            mountpoint: mountpoint.to_path_buf(),
+            mounted: false,
+            daemon: None,
+            log: Some(log.to_path_buf()),
         };
         m.attach()?;
         Ok(m)
@@ -108,13 +134,22 @@ impl Mounted {
         let mut cmd = match self.kind {
             FsKind::Stripefs => {
                 let mut c = stripefs()?;
-                c.arg("umount");
+                // A checkpoint of a million files may take minutes: wait for it (the default
+                // gives up after 60 s).
+                c.args(["umount", "--timeout", UNMOUNT_TIMEOUT]);
                 c
             }
             FsKind::Btrfs => Command::new("umount"),
         };
-        run_quiet(cmd.arg(&self.mountpoint))
-            .with_context(|| format!("unmounting {}", self.kind.name()))?;
+        if let Err(e) = run_quiet(cmd.arg(&self.mountpoint)) {
+            // `stripefs umount` may fail after the kernel has let go of the mount (the daemon
+            // too slow to exit): then there is nothing left to unmount later.
+            if !is_mount_point(&self.mountpoint) {
+                self.mounted = false;
+                self.daemon = None;
+            }
+            return Err(e).with_context(|| format!("unmounting {}", self.kind.name()));
+        }
         self.mounted = false;
         self.daemon = None;
         Ok(())
@@ -125,7 +160,11 @@ impl Mounted {
             FsKind::Stripefs => {
                 wait_until_free(&self.devices, Duration::from_secs(10))?;
                 let mut c = stripefs()?;
-                c.args(["mount", "--daemon"]).args(&self.devices);
+                c.args(["mount", "--daemon"]);
+                if let Some(log) = &self.log {
+                    c.arg("--log").arg(log);
+                }
+                c.args(&self.devices);
                 c
             }
             FsKind::Btrfs => {
@@ -149,6 +188,19 @@ impl Mounted {
         self.mounted = true;
         self.daemon = daemon_pid(&said);
         Ok(())
+    }
+}
+
+/// Whether something is mounted on `path` (it and its parent are on different devices).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(parent) = path.parent() else {
+        return true;
+    };
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        // A mount whose daemon is gone answers ENOTCONN: still mounted.
+        _ => true,
     }
 }
 

@@ -107,13 +107,13 @@ pub struct Fill {
     pub stop: Option<Stop>,
 }
 
-/// Makes the directories, then files of `file_bytes` up to the plan's target, taking the
-/// checkpoints; the last one is taken where the fill ended (at the target, or where it
-/// stopped), and leaves the filesystem freshly mounted.
-pub fn fill(fs: &mut Mounted, plan: &Plan, file_bytes: u64) -> Fill {
+/// Makes the directories, then files of `file_bytes` up to the last of `checkpoints`, taking
+/// a checkpoint at each; the last one is taken where the fill ended (at the target, or where
+/// it stopped), and leaves the filesystem freshly mounted.
+pub fn fill(fs: &mut Mounted, plan: &Plan, checkpoints: &[u64], file_bytes: u64) -> Fill {
     let mut fill = Fill {
         file_bytes,
-        target: plan.target(),
+        target: checkpoints.last().copied().unwrap_or(0),
         made: 0,
         checkpoints: Vec::new(),
         stop: None,
@@ -122,7 +122,7 @@ pub fn fill(fs: &mut Mounted, plan: &Plan, file_bytes: u64) -> Fill {
         fill.stop = Some(stop(0, "mkdir", &e));
         return fill;
     }
-    for &n in &plan.checkpoints {
+    for &n in checkpoints {
         if crate::signal::interrupted() {
             break;
         }

@@ -26,6 +26,10 @@ pub use walk::Rates;
 
 use crate::mounts::{FsKind, Mounted, command, load_average, ram_devices};
 
+/// Where the stripefs daemons of the sweep append their messages (kept after the run: what
+/// a failing daemon said is there).
+pub const DAEMON_LOG: &str = "/var/tmp/stripefs-bench-files-daemon.log";
+
 /// The sweep's size.
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
@@ -35,8 +39,11 @@ pub struct Plan {
     pub dirs: usize,
     /// Threads of this process making, stating and unlinking files.
     pub threads: usize,
-    /// Numbers of files at which the checkpoints are taken; the last is the target.
+    /// Numbers of empty files at which the checkpoints are taken; the last is the target.
     pub checkpoints: Vec<u64>,
+    /// The same for the sized files (only where the fill ends: each checkpoint of a large
+    /// filesystem costs minutes).
+    pub sized_checkpoints: Vec<u64>,
     /// Bytes of each file of the second stripefs fill.
     pub sized_file: u64,
 }
@@ -52,6 +59,7 @@ impl Plan {
                 dirs: 100,
                 threads: 2,
                 checkpoints: vec![10_000, 20_000],
+                sized_checkpoints: vec![20_000],
                 sized_file: 4096,
             }
         } else {
@@ -61,6 +69,7 @@ impl Plan {
                 dirs: 1000,
                 threads: 2,
                 checkpoints: vec![100_000, 250_000, 500_000, 1_000_000],
+                sized_checkpoints: vec![1_000_000],
                 sized_file: 4096,
             }
         }
@@ -168,6 +177,9 @@ fn measure(plan: Plan, require_btrfs: bool) -> Result<FilesResult> {
         .prefix("stripefs-bench-files-mnt-")
         .tempdir_in("/var/tmp")
         .context("mountpoint in /var/tmp")?;
+    // A fresh log for this run's daemons.
+    let _ = std::fs::remove_file(DAEMON_LOG);
+    println!("files: the stripefs daemons' messages go to {DAEMON_LOG}");
     let load_before = load_average();
     let mut runs = Vec::new();
     // Empty files on stripefs, then on btrfs, then 4 KiB files on a fresh stripefs.
@@ -236,9 +248,16 @@ fn one_fs(
     run: &mut FsRun,
 ) -> Result<()> {
     fs.mkfs(devices)?;
-    let mut mounted = Mounted::mount(fs, devices, mountpoint)?;
-    let bytes = if sized { plan.sized_file } else { 0 };
-    let fill = fill::fill(&mut mounted, plan, bytes);
+    let log = std::path::Path::new(DAEMON_LOG);
+    let mut mounted = match fs {
+        FsKind::Stripefs => Mounted::mount_logged(fs, devices, mountpoint, log)?,
+        FsKind::Btrfs => Mounted::mount(fs, devices, mountpoint)?,
+    };
+    let fill = if sized {
+        fill::fill(&mut mounted, plan, &plan.sized_checkpoints, plan.sized_file)
+    } else {
+        fill::fill(&mut mounted, plan, &plan.checkpoints, 0)
+    };
     let made = fill.made;
     let stopped = fill.stop.is_some();
     if sized {
