@@ -5,7 +5,7 @@
 //! Modules: `devices` makes scratch devices, `workload` plans the points, `engines` runs
 //! each engine on a point, `stats` measures, `costs` times registration and remapping,
 //! `targets` checks the goals of issue 5, `metadata` runs the metadata sweep against btrfs
-//! (issue 11), `report` and `plot` write the results; `loaders` runs the loading benchmark
+//! (issue 11), `scale` the files sweep (issue 16), both on `mounts`, `report` and `plot` write the results; `loaders` runs the loading benchmark
 //! of the Python package (`--loaders`).
 
 mod costs;
@@ -15,10 +15,12 @@ mod loaders;
 mod machine;
 mod memory;
 mod metadata;
+mod mounts;
 mod plot;
 mod progress;
 mod report;
 mod results;
+mod scale;
 mod signal;
 mod stats;
 mod targets;
@@ -169,6 +171,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let costs = measure_costs(args, &lab, disk, &settings);
     drop(lab);
     let metadata = measure_metadata(args);
+    let files = measure_files(args);
     let report = Report {
         machine,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -177,6 +180,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         points: results,
         costs,
         metadata,
+        files,
         wall_seconds: started.elapsed().as_secs_f64(),
         stolen_seconds: stolen.zip(machine::stolen_seconds()).map(|(a, b)| b - a),
     };
@@ -453,6 +457,27 @@ fn measure_metadata(args: &BenchArgs) -> Option<metadata::MetadataOutcome> {
     Some(outcome)
 }
 
+/// The files sweep, only when `--sweeps` names it (it takes minutes and 4 GiB of memory).
+fn measure_files(args: &BenchArgs) -> Option<scale::FilesOutcome> {
+    if !args.sweeps.contains(&Sweep::Files) || signal::interrupted() {
+        return None;
+    }
+    let outcome = scale::run(
+        scale::Plan::new(args.quick),
+        required("STRIPEFS_REQUIRE_TOOLS"),
+    );
+    if let scale::FilesOutcome::Skipped { reason } = &outcome
+        && required("STRIPEFS_REQUIRE_LOOP")
+    {
+        return Some(scale::FilesOutcome::Failed {
+            error: format!(
+                "STRIPEFS_REQUIRE_LOOP is set, but the files sweep was skipped: {reason}"
+            ),
+        });
+    }
+    Some(outcome)
+}
+
 /// Whether the switch `name` (`STRIPEFS_REQUIRE_…`) is set.
 fn required(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
@@ -504,6 +529,11 @@ fn conclude(report: &Report) -> Result<()> {
             _ => None,
         })
         .chain(metadata_failures(report.metadata.as_ref()))
+        .chain(match &report.files {
+            Some(scale::FilesOutcome::Failed { error }) => vec![format!("files: {error}")],
+            Some(scale::FilesOutcome::Measured(r)) => r.failures(),
+            _ => Vec::new(),
+        })
         .collect();
     if signal::interrupted() {
         bail!("interrupted");

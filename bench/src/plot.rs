@@ -208,7 +208,7 @@ pub fn charts(results: &[PointResult], emu_bandwidth: u64) -> Vec<(String, Chart
             Sweep::QueueDepth | Sweep::Random => {
                 format!("{}-{}", p.kind.name(), short_size(p.workload.bs))
             }
-            Sweep::Write | Sweep::EmuMem | Sweep::Metadata => continue,
+            Sweep::Write | Sweep::EmuMem | Sweep::Metadata | Sweep::Files => continue,
         };
         match groups
             .iter_mut()

@@ -10,6 +10,7 @@ use crate::engines::{EngineId, Outcome};
 use crate::machine::Machine;
 use crate::metadata::MetadataOutcome;
 use crate::results::PointResult;
+use crate::scale::FilesOutcome;
 use crate::stats::Measurement;
 use crate::targets::{Check, Verdict};
 use crate::workload::Sweep;
@@ -43,6 +44,9 @@ pub struct Report {
     /// The metadata sweep, when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<MetadataOutcome>,
+    /// The files sweep, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesOutcome>,
     pub wall_seconds: f64,
     /// CPU seconds the hypervisor took from this machine during the run (all CPUs).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -307,6 +311,9 @@ pub fn summary(report: &Report) -> String {
     if let Some(m) = &report.metadata {
         s.push_str(&crate::metadata::text(m));
     }
+    if let Some(f) = &report.files {
+        s.push_str(&crate::scale::text(f));
+    }
     s.push_str(&targets_text(&report.targets));
     s.push_str(&stolen_text(report));
     s
@@ -431,6 +438,9 @@ pub fn markdown(report: &Report) -> String {
     }
     if let Some(m) = &report.metadata {
         s.push_str(&crate::metadata::markdown(m));
+    }
+    if let Some(f) = &report.files {
+        s.push_str(&crate::scale::markdown(f));
     }
     s.push_str("```\n");
     s.push_str(costs_text(report).trim_start());

@@ -167,7 +167,7 @@ fn versus_fuse(results: &[PointResult]) -> Vec<Check> {
             && match r.point.sweep {
                 Sweep::Scaling | Sweep::EmuMem => true,
                 Sweep::Random | Sweep::QueueDepth => qd == 32,
-                Sweep::Write | Sweep::EmuScaling | Sweep::Metadata => false,
+                Sweep::Write | Sweep::EmuScaling | Sweep::Metadata | Sweep::Files => false,
             }
     };
     let points: Vec<&PointResult> = results.iter().filter(headline).collect();

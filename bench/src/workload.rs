@@ -65,6 +65,11 @@ pub enum Sweep {
     /// Untar, find, stat, rm -rf, cp and cat on stripefs and on btrfs raid0 over the same
     /// RAM-backed loop devices (no points of the plan: see `crate::metadata`).
     Metadata,
+    /// Up to a million files on stripefs (create rate, commit, daemon RSS, mount time at
+    /// checkpoints; stat and unlink rates; 4 KiB files until ENOSPC) and btrfs raid0 on the
+    /// same RAM-backed loop devices (no points of the plan: see `crate::scale`). Several
+    /// minutes: it runs only when named (`--sweeps files`).
+    Files,
 }
 
 impl Sweep {
@@ -77,6 +82,7 @@ impl Sweep {
             Sweep::EmuScaling => "emu-scaling",
             Sweep::EmuMem => "emu-mem",
             Sweep::Metadata => "metadata",
+            Sweep::Files => "files",
         }
     }
 }

@@ -5,25 +5,19 @@
 //! same run, as the baseline. Ratios are stripefs's throughput over btrfs's (> 1: stripefs
 //! is faster), checked against the goals of issue 11.
 //!
-//! Modules: `tree` makes the tree and its archive, `command` runs and times programs,
-//! `mounts` makes and mounts each filesystem, `phases` runs the timed phases, `report`
-//! writes the table.
+//! Modules: `tree` makes the tree and its archive, `phases` runs the timed phases, `report`
+//! writes the table; the devices, filesystems and commands are `crate::mounts`.
 
-mod command;
-mod mounts;
 mod phases;
 mod report;
 mod tree;
-
-use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 pub use report::{markdown, text};
 
-use crate::devices::{Devices, Kind, Lab, LabSettings};
-use mounts::FsKind;
+use crate::mounts::{FsKind, command, load_average, ram_devices};
 use phases::{Inputs, Times};
 use tree::{Shape, TreeStats};
 
@@ -118,10 +112,7 @@ pub enum MetadataOutcome {
 /// Runs the sweep at `scale`. `require_btrfs`: a missing `mkfs.btrfs` is an error (CI)
 /// rather than a skipped baseline.
 pub fn run(scale: Scale, require_btrfs: bool) -> MetadataOutcome {
-    if let Err(reason) = crate::devices::loops_available() {
-        return MetadataOutcome::Skipped { reason };
-    }
-    if let Some(reason) = crate::engines::files::mount_unavailable() {
+    if let Some(reason) = crate::mounts::unavailable() {
         return MetadataOutcome::Skipped { reason };
     }
     match measure(scale, require_btrfs) {
@@ -137,25 +128,7 @@ fn measure(scale: Scale, require_btrfs: bool) -> Result<MetadataResult> {
     if !btrfs && require_btrfs {
         bail!("mkfs.btrfs is not installed (apt-get install -y btrfs-progs)");
     }
-    let lab = Lab::new(
-        LabSettings {
-            dir: PathBuf::from("/var/tmp"),
-            device_size: scale.device_size,
-            emu_size: 0,
-            emu_bandwidth: 0,
-            max_devices: scale.devices,
-        },
-        &[Kind::RamLoop],
-        &mut |msg| println!("metadata: {msg}"),
-    )
-    .context("making the metadata sweep's devices")?;
-    let devices = match lab.target(Kind::RamLoop, scale.devices) {
-        Ok(t) => match t.devices {
-            Devices::Paths(p) => p,
-            Devices::Emulated(_) => bail!("RAM-backed loop devices have paths"),
-        },
-        Err(reason) => bail!("no RAM-backed loop devices: {reason}"),
-    };
+    let (_lab, devices) = ram_devices(scale.devices, scale.device_size, "metadata")?;
     let scratch = tempfile::Builder::new()
         .prefix("stripefs-bench-meta-")
         .tempdir_in("/dev/shm")
@@ -204,10 +177,4 @@ fn measure(scale: Scale, require_btrfs: bool) -> Result<MetadataResult> {
         runs,
         load,
     })
-}
-
-/// The 1-minute load average (/proc/loadavg).
-fn load_average() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    text.split_whitespace().next()?.parse().ok()
 }

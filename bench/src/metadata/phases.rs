@@ -12,9 +12,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::command::{make_durable, timed};
-use super::mounts::{FsKind, Mounted};
 use super::tree::{self, ROOT_NAME, TreeStats};
+use crate::mounts::command::{make_durable, timed};
+use crate::mounts::{FsKind, Mounted};
 
 /// What every filesystem is given.
 pub struct Inputs {

@@ -5,9 +5,9 @@ use std::fmt::Write;
 
 use stripefs_engine::spec::format_size;
 
-use super::mounts::FsKind;
 use super::phases::Times;
 use super::{FsOutcome, MetadataOutcome, MetadataResult};
+use crate::mounts::FsKind;
 
 /// One row: a name, what it measures of [`Times`], whether it moves bytes of the large file
 /// (then GB/s are shown too), and the goal.

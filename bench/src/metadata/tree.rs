@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::command::run_quiet;
+use crate::mounts::command::run_quiet;
 
 /// How big a tree to make.
 #[derive(Clone, Copy, Debug, Serialize)]

@@ -1,4 +1,4 @@
-//! The two filesystems of the metadata sweep, made and mounted the way a user would: stripefs
+//! The two filesystems of the sweeps on a mount, made and mounted the way a user would: stripefs
 //! with this program's own `mkfs`, `mount --daemon` and `umount` commands (a daemon process
 //! serving the FUSE mount, with its default threads and commit interval), and btrfs with
 //! data raid0 and metadata raid1 (`mkfs.btrfs -d raid0 -m raid1`) over the same devices.
@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::command::run_quiet;
+use super::command::{run_output, run_quiet};
 use crate::devices::wait_until_free;
 
 /// Which filesystem.
@@ -39,7 +39,7 @@ impl FsKind {
         let mut cmd = match self {
             FsKind::Stripefs => {
                 let mut c = stripefs()?;
-                c.args(["mkfs", "--force", "--label", "stripefs-bench-meta"]);
+                c.args(["mkfs", "--force", "--label", "stripefs-bench"]);
                 c
             }
             FsKind::Btrfs => {
@@ -53,6 +53,9 @@ impl FsKind {
     }
 }
 
+/// Seconds `stripefs umount` waits for the daemon to write its checkpoint and exit.
+const UNMOUNT_TIMEOUT: &str = "1800";
+
 /// The `stripefs` program (this one).
 fn stripefs() -> Result<Command> {
     let exe = std::env::current_exe().context("finding this program")?;
@@ -65,6 +68,10 @@ pub struct Mounted {
     devices: Vec<PathBuf>,
     mountpoint: PathBuf,
     mounted: bool,
+    /// The pid of the stripefs daemon serving the mount (as `mount --daemon` printed it).
+    daemon: Option<u32>,
+    /// Where the stripefs daemon appends its messages (`mount --log`), if anywhere.
+    log: Option<PathBuf>,
 }
 
 impl Mounted {
@@ -75,6 +82,28 @@ impl Mounted {
             devices: devices.to_vec(),
             mountpoint: mountpoint.to_path_buf(),
             mounted: false,
+            daemon: None,
+            log: None,
+        };
+        m.attach()?;
+        Ok(m)
+    }
+
+    /// Like [`Mounted::mount`], with the stripefs daemon's messages appended to `log` (this
+    /// mount's and every remount's).
+    pub fn mount_logged(
+        kind: FsKind,
+        devices: &[PathBuf],
+        mountpoint: &Path,
+        log: &Path,
+    ) -> Result<Mounted> {
+        let mut m = Mounted {
+            kind,
+            devices: devices.to_vec(),
+            mountpoint: mountpoint.to_path_buf(),
+            mounted: false,
+            daemon: None,
+            log: Some(log.to_path_buf()),
         };
         m.attach()?;
         Ok(m)
@@ -83,6 +112,11 @@ impl Mounted {
     /// Where it is mounted.
     pub fn path(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The pid of the stripefs daemon serving the mount (None for btrfs, or when unmounted).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.filter(|_| self.mounted)
     }
 
     /// Unmounts and mounts again: nothing of the filesystem stays in the kernel's caches
@@ -100,14 +134,24 @@ impl Mounted {
         let mut cmd = match self.kind {
             FsKind::Stripefs => {
                 let mut c = stripefs()?;
-                c.arg("umount");
+                // A checkpoint of a million files may take minutes: wait for it (the default
+                // gives up after 60 s).
+                c.args(["umount", "--timeout", UNMOUNT_TIMEOUT]);
                 c
             }
             FsKind::Btrfs => Command::new("umount"),
         };
-        run_quiet(cmd.arg(&self.mountpoint))
-            .with_context(|| format!("unmounting {}", self.kind.name()))?;
+        if let Err(e) = run_quiet(cmd.arg(&self.mountpoint)) {
+            // `stripefs umount` may fail after the kernel has let go of the mount (the daemon
+            // too slow to exit): then there is nothing left to unmount later.
+            if !is_mount_point(&self.mountpoint) {
+                self.mounted = false;
+                self.daemon = None;
+            }
+            return Err(e).with_context(|| format!("unmounting {}", self.kind.name()));
+        }
         self.mounted = false;
+        self.daemon = None;
         Ok(())
     }
 
@@ -116,7 +160,11 @@ impl Mounted {
             FsKind::Stripefs => {
                 wait_until_free(&self.devices, Duration::from_secs(10))?;
                 let mut c = stripefs()?;
-                c.args(["mount", "--daemon"]).args(&self.devices);
+                c.args(["mount", "--daemon"]);
+                if let Some(log) = &self.log {
+                    c.arg("--log").arg(log);
+                }
+                c.args(&self.devices);
                 c
             }
             FsKind::Btrfs => {
@@ -135,11 +183,31 @@ impl Mounted {
                 c
             }
         };
-        run_quiet(cmd.arg(&self.mountpoint))
+        let said = run_output(cmd.arg(&self.mountpoint))
             .with_context(|| format!("mounting {}", self.kind.name()))?;
         self.mounted = true;
+        self.daemon = daemon_pid(&said);
         Ok(())
     }
+}
+
+/// Whether something is mounted on `path` (it and its parent are on different devices).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(parent) = path.parent() else {
+        return true;
+    };
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        // A mount whose daemon is gone answers ENOTCONN: still mounted.
+        _ => true,
+    }
+}
+
+/// The daemon's pid in what `stripefs mount --daemon` printed ("… (daemon pid N)").
+fn daemon_pid(said: &str) -> Option<u32> {
+    let (_, rest) = said.split_once("(daemon pid ")?;
+    rest.split(')').next()?.trim().parse().ok()
 }
 
 impl Drop for Mounted {
@@ -147,5 +215,23 @@ impl Drop for Mounted {
         if let Err(e) = self.unmount() {
             eprintln!("stripefs bench: {e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::daemon_pid;
+
+    #[test]
+    fn the_daemon_pid_is_read_from_what_mount_printed() {
+        assert_eq!(
+            daemon_pid("stripefs: mounted on /mnt/x (daemon pid 4242)\n"),
+            Some(4242)
+        );
+        assert_eq!(daemon_pid(""), None);
+        assert_eq!(
+            daemon_pid("stripefs: mounted on /mnt/x (daemon pid )"),
+            None
+        );
     }
 }

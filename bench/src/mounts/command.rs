@@ -27,6 +27,25 @@ pub fn run_quiet(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` like [`run_quiet`] and returns what it printed on stdout.
+pub fn run_output(cmd: &mut Command) -> Result<String> {
+    let shown = show(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("running {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Runs `cmd` like [`run_quiet`] and returns the seconds it took.
 pub fn timed(cmd: &mut Command) -> Result<f64> {
     let started = Instant::now();
