@@ -87,7 +87,7 @@ impl Filesystem {
         let Some(mut journal) = self.journal.try_lock() else {
             return Err(busy);
         };
-        let staged = self.stage_checkpoint(&mut journal, meta);
+        let staged = self.stage_checkpoint(&journal, meta);
         self.finish_checkpoint(&mut journal, staged).map(|_| ())
     }
 

@@ -14,7 +14,7 @@ use super::error::FsError;
 use super::journal::{Journal, Loaded};
 use crate::meta::Metadata;
 use crate::meta::alloc::Allocator;
-use crate::meta::pieces::{DirtyPieces, ENTRY_PIECES};
+use crate::meta::pieces::{DirtyPieces, ENTRY_PIECES, belongs};
 
 /// A device range: (device index, offset, length).
 pub(crate) type Space = (u16, u64, u64);
@@ -197,6 +197,10 @@ pub(crate) fn replay(
         for read in rx {
             let (id, records) = read?;
             for r in records {
+                if !belongs(id, &r) {
+                    refused(format!("piece {id}: a record that belongs to another piece"), &r)?;
+                    continue;
+                }
                 if let Record::Link { ino, .. } = &r
                     && meta.get(*ino).is_none()
                 {

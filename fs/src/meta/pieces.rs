@@ -39,6 +39,25 @@ fn parse_entry_piece(id: u64) -> Option<(u64, u8, u64)> {
     })
 }
 
+/// Whether `record` is one that piece `piece` holds: an inode piece holds records of its
+/// own inodes (links only of its own directories), an entry piece links of its directory
+/// whose names hash into its bucket. A record in another piece would be read twice once its
+/// own piece is written again: mount refuses it.
+pub fn belongs(piece: u64, record: &Record) -> bool {
+    match (parse_entry_piece(piece), record) {
+        (Some((dir, bits, bucket)), Record::Link { parent, name, .. }) => {
+            *parent == dir && bucket_of(name, bits) == bucket
+        }
+        (Some(_), _) => false,
+        (None, Record::Inode(r)) => piece_of(r.ino) == piece,
+        (None, Record::Link { parent: ino, .. })
+        | (None, Record::Extent { ino, .. })
+        | (None, Record::SetXattr { ino, .. }) => piece_of(*ino) == piece,
+        // What a checkpoint never writes.
+        (None, _) => false,
+    }
+}
+
 /// The bucket of entry `name` among `2^bits` (FNV-1a: stable across runs and builds).
 fn bucket_of(name: &[u8], bits: u8) -> u64 {
     let hash = name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
@@ -415,6 +434,23 @@ mod tests {
         let id = entry_piece(77, 3, 5);
         assert_eq!(parse_entry_piece(id), Some((77, 3, 5)));
         assert_eq!(parse_entry_piece(12), None);
+    }
+
+    #[test]
+    fn a_record_belongs_to_its_owner_piece_only() {
+        assert!(belongs(1, &inode(300, InodeKind::File)));
+        assert!(!belongs(0, &inode(300, InodeKind::File)));
+        let entry = Record::Link {
+            parent: 7,
+            name: b"x".to_vec(),
+            ino: 9,
+        };
+        let bucket = bucket_of(b"x", 2);
+        assert!(belongs(entry_piece(7, 2, bucket), &entry));
+        assert!(!belongs(entry_piece(7, 2, (bucket + 1) % 4), &entry));
+        assert!(!belongs(entry_piece(8, 2, bucket), &entry));
+        assert!(belongs(0, &entry), "inline in its directory's piece");
+        assert!(!belongs(0, &Record::FreeInode { ino: 3 }));
     }
 
     #[test]
