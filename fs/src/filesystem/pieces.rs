@@ -198,7 +198,10 @@ pub(crate) fn replay(
             let (id, records) = read?;
             for r in records {
                 if !belongs(id, &r) {
-                    refused(format!("piece {id}: a record that belongs to another piece"), &r)?;
+                    refused(
+                        format!("piece {id}: a record that belongs to another piece"),
+                        &r,
+                    )?;
                     continue;
                 }
                 if let Record::Link { ino, .. } = &r
