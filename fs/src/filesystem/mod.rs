@@ -489,6 +489,10 @@ impl Filesystem {
         if let Some(lock) = lock {
             lock.forget_tail();
         }
+        // Nobody uses the file's data lock now (a request would hold a clone of it, or of
+        // its lock): it goes, so that memory follows open files, not every file ever opened.
+        self.data_locks
+            .remove_if(&ino, |_, l| Arc::strong_count(l) == 1 && l.is_idle());
         let mut meta = self.meta.write();
         let orphan = meta
             .get(ino)

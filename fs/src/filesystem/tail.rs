@@ -11,7 +11,8 @@
 //! file, and every writer takes the file's data lock exclusively: [`DataLock::write`]
 //! forgets the block (truncate, registered writes, and any writer added later, get that by
 //! default); only the POSIX write path keeps it ([`DataLock::write_keeping_tail`]). It is
-//! forgotten when the file's last handle is released, so memory follows open files.
+//! forgotten when the file's last handle is released, and the data lock itself goes then if
+//! no request holds it (the next one makes a new one), so memory follows open files.
 
 use std::sync::Arc;
 
@@ -68,5 +69,11 @@ impl DataLock {
     /// Drops the kept block (the file's last handle is gone).
     pub(crate) fn forget_tail(&self) {
         drop(self.write());
+    }
+
+    /// Whether no request holds the lock itself (a registered read in flight holds it
+    /// beyond its `DataLock`).
+    pub(crate) fn is_idle(&self) -> bool {
+        Arc::strong_count(&self.lock) == 1
     }
 }
