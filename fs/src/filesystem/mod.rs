@@ -18,6 +18,7 @@ mod fsck;
 mod journal;
 mod namespace;
 mod pieces;
+mod placement;
 mod registered;
 mod repair;
 mod rewrite;

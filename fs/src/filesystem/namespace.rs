@@ -3,7 +3,6 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::Ordering;
 
 use stripefs_layout::ondisk::{InodeKind, InodeRecord, LayoutRecord, Record, Timestamp};
 
@@ -242,8 +241,7 @@ impl Filesystem {
         if let Some(l) = dir.layout() {
             return l.clone();
         }
-        let first = self.next_first_device.fetch_add(1, Ordering::Relaxed);
-        format::default_layout(self.superblock(), first % self.devices.len().max(1))
+        format::default_layout(self.superblock(), self.first_device_for_new_file())
     }
 
     /// The target of a symbolic link.

@@ -237,9 +237,7 @@ impl Filesystem {
                         "layout: stripe_count {c} must be between 1 and {n}"
                     )));
                 }
-                let first = self
-                    .next_first_device
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let first = self.first_device_for_new_file();
                 (0..c).map(|i| ((first + i) % n) as u16).collect()
             }
         };
