@@ -325,6 +325,17 @@ proptest! {
     }
 
     #[test]
+    fn no_inode_record_is_shorter_than_the_minimum(inode in inodes()) {
+        let len = encode(&Record::Inode(inode.clone())).len() as u64;
+        prop_assert!(len >= INODE_RECORD_MIN);
+        if inode.layout.is_none() && inode.symlink_target.is_empty() && !inode.kind.is_special()
+            && !inode.prealloc
+        {
+            prop_assert_eq!(len, INODE_RECORD_MIN);
+        }
+    }
+
+    #[test]
     fn records_round_trip_back_to_back(records in vec(records(), 0..10)) {
         let mut bytes = Vec::new();
         encode_all(&records, &mut bytes);

@@ -7,7 +7,9 @@
 //! new checkpoint is durable (the older checkpoint and its log need them until then).
 
 use stripefs_engine::DeviceQueue;
-use stripefs_layout::ondisk::{PieceEntry, PieceTable, Record, decode_piece, encode_piece};
+use stripefs_layout::ondisk::{
+    INODE_RECORD_MIN, PIECE_INODES, PieceEntry, PieceTable, Record, decode_piece, encode_piece,
+};
 
 use super::bounce::{BouncePool, read_device};
 use super::error::FsError;
@@ -182,37 +184,48 @@ pub(crate) fn replay(
         .rev()
         .chain(&pieces[split..])
         .collect();
-    // One thread reads and decodes the pieces while this one applies them.
+    meta.reserve(inodes_hint(&pieces[..split]));
+    // One thread reads and decodes the pieces while this one applies them; the records it
+    // has applied go back to be freed there too, off this thread's path.
     std::thread::scope(|scope| -> Result<(), FsError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Vec<Record>>();
         let reader = scope.spawn(move || {
             for entry in order {
                 let read = read_piece(devices, pool, journal, entry).map(|r| (entry.id, r));
                 let failed = read.is_err();
                 if tx.send(read).is_err() || failed {
-                    return;
+                    break;
                 }
+                while spent_rx.try_recv().is_ok() {}
+            }
+            drop(tx);
+            for spent in spent_rx {
+                drop(spent);
             }
         });
         for read in rx {
             let (id, records) = read?;
-            for r in records {
-                if !belongs(id, &r) {
+            for r in &records {
+                if !belongs(id, r) {
                     refused(
                         format!("piece {id}: a record that belongs to another piece"),
-                        &r,
+                        r,
                     )?;
                     continue;
                 }
-                if let Record::Link { ino, .. } = &r
+                if let Record::Link { ino, .. } = r
                     && meta.get(*ino).is_none()
                 {
-                    waiting.push(r);
+                    waiting.push(r.clone());
                     continue;
                 }
-                apply(meta, &r, || format!("piece {id}"), refused)?;
+                apply(meta, r, || format!("piece {id}"), refused)?;
             }
+            // The reader is gone only if it failed, which the next receive reports.
+            let _ = spent_tx.send(records);
         }
+        drop(spent_tx);
         reader.join().map_err(|_| FsError::Corrupt {
             device: String::new(),
             what: "the thread reading metadata pieces panicked".into(),
@@ -236,6 +249,15 @@ pub(crate) fn replay(
         apply(meta, r, || format!("log record {i}"), refused)?;
     }
     Ok(dirty)
+}
+
+/// About how many inodes the inode pieces hold, never far above it: a piece holds at most
+/// [`PIECE_INODES`] and each inode record takes at least [`INODE_RECORD_MIN`] bytes.
+fn inodes_hint(inode_pieces: &[PieceEntry]) -> usize {
+    let by_count = inode_pieces.len() as u64 * PIECE_INODES;
+    let by_bytes: u64 =
+        inode_pieces.iter().map(|p| u64::from(p.len)).sum::<u64>() / INODE_RECORD_MIN;
+    usize::try_from(by_count.min(by_bytes)).unwrap_or(0)
 }
 
 /// Applies `r`; `place` says where it came from, should it not apply.

@@ -7,9 +7,10 @@
 pub mod alloc;
 pub mod dir;
 pub mod extents;
+mod layouts;
 pub mod pieces;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -17,6 +18,7 @@ use stripefs_layout::ondisk::{InodeKind, InodeRecord, LayoutRecord, Record, Time
 
 use dir::DirEntries;
 use extents::{Extent, ExtentMap};
+use layouts::Layouts;
 
 /// The root directory's inode number.
 pub const ROOT: u64 = 1;
@@ -438,7 +440,7 @@ pub struct Metadata {
     /// Indices into `slots`, by [`ino_hash`] of their inode's number.
     index: HashTable<u32>,
     /// Every layout some inode has, once.
-    layouts: HashSet<Arc<LayoutRecord>>,
+    layouts: Layouts,
     max_ino: u64,
 }
 
@@ -450,6 +452,16 @@ impl Metadata {
                 slots[i as usize].as_ref().is_some_and(|n| n.ino == ino)
             })
             .map(|&i| i as usize)
+    }
+
+    /// Makes room for `inodes` more inodes at once (a mount that knows about how many it
+    /// will load), instead of growing the array and the index step by step.
+    pub fn reserve(&mut self, inodes: usize) {
+        self.slots.reserve(inodes);
+        let slots = &self.slots;
+        self.index.reserve(inodes, |&j| {
+            slots[j as usize].as_ref().map_or(0, |n| ino_hash(n.ino))
+        });
     }
 
     /// The inode `ino`.
@@ -531,29 +543,10 @@ impl Metadata {
         self.slots[i].as_mut().ok_or(MetaError::NoInode { ino })
     }
 
-    /// The shared copy of `layout`.
-    fn intern(&mut self, layout: &LayoutRecord) -> Arc<LayoutRecord> {
-        if let Some(shared) = self.layouts.get(layout) {
-            return shared.clone();
-        }
-        let shared = Arc::new(layout.clone());
-        self.layouts.insert(shared.clone());
-        shared
-    }
-
-    /// Forgets a layout an inode no longer has, if no other inode has it either.
-    fn release(&mut self, layout: Option<Arc<LayoutRecord>>) {
-        if let Some(l) = layout
-            && Arc::strong_count(&l) == 2
-        {
-            self.layouts.remove(&*l);
-        }
-    }
-
     fn put_inode(&mut self, r: &InodeRecord) -> Result<Freed, MetaError> {
         self.max_ino = self.max_ino.max(r.ino);
         let Some(i) = self.slot(r.ino) else {
-            let layout = r.layout.as_ref().map(|l| self.intern(l));
+            let layout = r.layout.as_ref().map(|l| self.layouts.intern(l));
             let inode = Inode::new(r, layout);
             let i = match self.free.pop() {
                 Some(i) => {
@@ -576,7 +569,7 @@ impl Metadata {
             .is_some_and(|n| n.layout.as_deref() == r.layout.as_ref());
         let new_layout = match (&r.layout, same_layout) {
             (_, true) => None,
-            (Some(l), false) => Some(self.intern(l)),
+            (Some(l), false) => Some(self.layouts.intern(l)),
             (None, false) => None,
         };
         let Some(existing) = self.slots[i].as_mut() else {
@@ -599,7 +592,7 @@ impl Metadata {
             existing.body = Body::new(r);
         }
         existing.set_fields(r);
-        self.release(old_layout);
+        self.layouts.release(old_layout);
         Ok(Vec::new())
     }
 
@@ -617,7 +610,7 @@ impl Metadata {
             .ok_or(MetaError::NoInode { ino })?;
         self.free.push(i);
         let freed = freed_all(&inode);
-        self.release(inode.layout);
+        self.layouts.release(inode.layout);
         Ok(freed)
     }
 

@@ -35,8 +35,8 @@ pub use pieces::{
     decode_piece_table, encode_piece, encode_piece_table, piece_of,
 };
 pub use record::{
-    InodeKind, InodeRecord, LayoutRecord, MODE_MAX, NAME_MAX, RECORD_HEADER_LEN, Record,
-    SYMLINK_MAX, Timestamp, XATTR_VALUE_MAX, decode_all, encode_all, validate_name,
+    INODE_RECORD_MIN, InodeKind, InodeRecord, LayoutRecord, MODE_MAX, NAME_MAX, RECORD_HEADER_LEN,
+    Record, SYMLINK_MAX, Timestamp, XATTR_VALUE_MAX, decode_all, encode_all, validate_name,
     validate_xattr_name,
 };
 pub use superblock::{

@@ -42,6 +42,9 @@ pub const XATTR_VALUE_MAX: usize = 65536;
 pub const MODE_MAX: u32 = 0o7777;
 /// Bytes before a record's body: the tag and the body length.
 pub const RECORD_HEADER_LEN: usize = 5;
+/// The fewest bytes an encoded [`Record::Inode`] takes, header included (no layout, no
+/// symlink target): what a reader may divide a length by to bound the inodes in it.
+pub const INODE_RECORD_MIN: u64 = RECORD_HEADER_LEN as u64 + 8 + 1 + 4 * 3 + 8 + 4 * 12 + 1 + 4;
 
 /// Record tags. 0 is no record, so zero padding never decodes as one.
 mod tag {
