@@ -42,7 +42,7 @@ pub fn run() -> Result<()> {
     };
     let mount_args = MountArgs {
         daemon: true,
-        threads: 4,
+        threads: stripefs_fs::mount::default_threads(),
         commit_interval: std::time::Duration::from_secs(5),
         allow_other: false,
         dev: false,

@@ -43,8 +43,8 @@ pub struct MountArgs {
     /// Detach into the background once the mount is ready.
     #[arg(long)]
     pub daemon: bool,
-    /// Threads serving FUSE requests.
-    #[arg(long, default_value_t = 4)]
+    /// Threads serving FUSE requests (default: one per CPU, at least 2, at most 16).
+    #[arg(long, default_value_t = stripefs_fs::mount::default_threads())]
     pub threads: usize,
     /// Commit metadata changes to the log at least this often (fsync commits at once).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]

@@ -41,10 +41,18 @@ pub struct MountOptions {
     pub dev: bool,
 }
 
+/// Threads serving FUSE requests unless told otherwise: one per CPU, at least 2 and at most
+/// 16. A metadata request is a few microseconds of work between two context switches;
+/// threads beyond the CPUs only add switches (on 2 CPUs, 2 threads made 20-25% more empty
+/// files per second than 4).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16))
+}
+
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
-            threads: 4,
+            threads: default_threads(),
             allow_other: false,
             fsname: "stripefs".into(),
             dev: false,
