@@ -494,10 +494,14 @@ impl Filesystem {
         // its lock): it goes, so that memory follows open files, not every file ever opened.
         self.data_locks
             .remove_if(&ino, |_, l| Arc::strong_count(l) == 1 && l.is_idle());
+        // Nearly every release is of a file that still has a name: a shared look settles it,
+        // without waiting behind (or holding up) the creates and writes of other files.
+        let unlinked = |meta: &Metadata| meta.get(ino).is_some_and(|i| i.nlink() == 0);
+        if !unlinked(&self.meta.read()) {
+            return Ok(());
+        }
         let mut meta = self.meta.write();
-        let orphan = meta
-            .get(ino)
-            .is_some_and(|i| i.nlink() == 0 && i.ino() != ROOT && !self.is_open(ino));
+        let orphan = unlinked(&meta) && ino != ROOT && !self.is_open(ino);
         if orphan {
             self.change(&mut meta, vec![Record::FreeInode { ino }])?;
             self.after_free(&meta, ino);
