@@ -247,9 +247,10 @@ impl Filesystem {
             )
         });
         let mut pieces = self.pieces.lock();
-        let touched: Vec<(Touch, u64)> = records
-            .iter()
-            .map(|r| (pieces.plan(meta, r, records.len()), encoded_len(r)))
+        let touched: Vec<(Touch, u64)> = pieces
+            .plan_change(meta, records)
+            .into_iter()
+            .zip(records.iter().map(encoded_len))
             .collect();
         let bound = pieces.bound_after(&touched);
         let needed = if grows {
