@@ -572,9 +572,10 @@ fn a_full_metadata_area_refuses_changes_instead_of_losing_them() {
     )
     .expect("mkfs");
     let fs = Filesystem::open(&d.specs).expect("open");
-    let pad = vec![b'x'; 200];
     let mut made = 0;
     let err = loop {
+        // Bytes that do not compress, so that the pieces fill the space.
+        let pad = data(made, 300);
         let r = fs
             .create(ROOT, name(&format!("f{made}")), 0o644, ME)
             .and_then(|f| fs.setxattr(f.ino, name("user.pad"), &pad, Default::default()));
@@ -602,7 +603,7 @@ fn a_full_metadata_area_refuses_changes_instead_of_losing_them() {
         assert_eq!(
             fs.getxattr(f.ino, name("user.pad"))
                 .expect("and its attribute"),
-            pad
+            data(i, 300)
         );
     }
     assert!(matches!(

@@ -506,13 +506,21 @@ proptest! {
 
 // ---------------------------------------------------------------- piece tables
 
-/// Tables of up to 20 pieces with increasing ids, each stored in 1 to 3 runs per replica.
+/// Tables of up to 20 pieces with increasing ids, each stored in 1 to 3 runs per replica,
+/// plain or compressed.
 fn piece_tables() -> impl Strategy<Value = PieceTable> {
-    (1u16..=3, vec((1u32..200_000, any::<u32>(), 1u64..4), 0..20)).prop_map(|(replicas, raw)| {
+    let piece = (
+        1u32..200_000,
+        any::<u32>(),
+        1u64..4,
+        any::<bool>(),
+        1..=MAX_PIECE_RAW_LEN,
+    );
+    (1u16..=3, vec(piece, 0..20)).prop_map(|(replicas, raw)| {
         let mut id = 0;
         let pieces = raw
             .into_iter()
-            .map(|(len, crc, gap)| {
+            .map(|(len, crc, gap, lz4, raw_len)| {
                 id += gap;
                 let blocks = u64::from(len).div_ceil(PIECE_BLOCK);
                 let copies = (0..u64::from(replicas))
@@ -525,16 +533,79 @@ fn piece_tables() -> impl Strategy<Value = PieceTable> {
                         runs
                     })
                     .collect();
+                let (codec, raw_len) = if lz4 {
+                    (PieceCodec::Lz4, raw_len)
+                } else {
+                    (PieceCodec::Plain, len)
+                };
                 PieceEntry {
                     id,
                     len,
                     crc,
+                    codec,
+                    raw_len,
                     replicas: copies,
                 }
             })
             .collect();
         PieceTable { replicas, pieces }
     })
+}
+
+/// The same table with every piece plain, as version 2 could hold it.
+fn plain(mut table: PieceTable) -> PieceTable {
+    for p in &mut table.pieces {
+        p.codec = PieceCodec::Plain;
+        p.raw_len = p.len;
+    }
+    table
+}
+
+/// The table entry of `piece` stored in one run.
+fn entry_of(piece: &EncodedPiece) -> PieceEntry {
+    piece.entry(1, vec![vec![(0, piece.bytes.len() as u64)]])
+}
+
+/// Up to 12 records, or as many copies of one with its inode number varied: what
+/// compresses, as the records of neighbouring inodes do.
+fn piece_records() -> impl Strategy<Value = Vec<Record>> {
+    prop_oneof![
+        vec(records(), 0..12),
+        (records(), 1usize..300).prop_map(|(r, n)| {
+            (0..n as u64)
+                .map(|i| match &r {
+                    Record::Inode(inode) => {
+                        let mut inode = inode.clone();
+                        inode.ino = inode.ino.wrapping_add(i);
+                        Record::Inode(inode)
+                    }
+                    other => other.clone(),
+                })
+                .collect()
+        }),
+    ]
+}
+
+/// `stored` as a piece's stored bytes with a matching checksum (a bad writer, not a torn
+/// write: the checksum does not catch it).
+fn forged(stored: &[u8], codec: PieceCodec, raw_len: u32) -> (PieceEntry, Vec<u8>) {
+    let mut padded = stored.to_vec();
+    padded.resize(
+        stored
+            .len()
+            .next_multiple_of(PIECE_BLOCK as usize)
+            .max(4096),
+        0,
+    );
+    let entry = PieceEntry {
+        id: 7,
+        len: stored.len() as u32,
+        crc: crc32c::crc32c(stored),
+        codec,
+        raw_len,
+        replicas: vec![vec![(0, padded.len() as u64)]],
+    };
+    (entry, padded)
 }
 
 proptest! {
@@ -568,10 +639,70 @@ proptest! {
     }
 
     #[test]
-    fn piece_round_trips(records in vec(records(), 0..12)) {
-        let (bytes, len, crc) = encode_piece(&records);
-        prop_assert_eq!(bytes.len() as u64 % PIECE_BLOCK, 0);
-        let entry = PieceEntry { id: 1, len, crc, replicas: vec![vec![(0, bytes.len() as u64)]] };
-        prop_assert_eq!(decode_piece(&entry, &bytes), Ok(records));
+    fn v2_piece_table_still_decodes(generation in any::<u64>(), table in piece_tables()) {
+        let table = plain(table);
+        let bytes = encode_checkpoint_table_v2(generation, &table).expect("plain pieces");
+        let header = decode_checkpoint_header(&bytes).expect("valid header");
+        prop_assert_eq!(header.version, PLAIN_PIECES_CHECKPOINT_VERSION);
+        prop_assert_eq!(decode_checkpoint_table(header, &bytes[CHECKPOINT_HEADER_LEN..]), Ok(table));
+    }
+
+    #[test]
+    fn v2_piece_table_decode_never_panics(bytes in vec(any::<u8>(), 0..4000)) {
+        let _ = decode_piece_table_v2(&bytes);
+    }
+
+    #[test]
+    fn piece_round_trips(records in piece_records()) {
+        let piece = encode_piece(&records);
+        prop_assert_eq!(piece.bytes.len() as u64 % PIECE_BLOCK, 0);
+        prop_assert!(piece.len <= piece.raw_len);
+        prop_assert_eq!(piece.codec == PieceCodec::Plain, piece.len == piece.raw_len);
+        prop_assert_eq!(decode_piece(&entry_of(&piece), &piece.bytes), Ok(records));
+    }
+
+    /// A compressed piece cut short (its checksum made to match) is refused, never
+    /// decoded short.
+    #[test]
+    fn truncated_compressed_piece_is_an_error(records in piece_records(), cut in any::<Index>()) {
+        let piece = encode_piece(&records);
+        prop_assume!(piece.codec == PieceCodec::Lz4);
+        let stored = &piece.bytes[..cut.index(piece.len as usize)];
+        prop_assume!(!stored.is_empty());
+        let (entry, bytes) = forged(stored, PieceCodec::Lz4, piece.raw_len);
+        prop_assert!(decode_piece(&entry, &bytes).is_err());
+    }
+
+    /// Mutated compressed bytes or a wrong declared length (the checksum made to match)
+    /// decode to an error or to records, never a panic; a length past the limit is refused
+    /// before anything is allocated.
+    #[test]
+    fn mutated_compressed_piece_never_panics(
+        records in piece_records(),
+        flips in vec((any::<Index>(), any::<u8>()), 1..4),
+        raw_delta in -64i64..64,
+    ) {
+        let piece = encode_piece(&records);
+        prop_assume!(piece.codec == PieceCodec::Lz4);
+        let mut stored = piece.bytes[..piece.len as usize].to_vec();
+        for (at, byte) in flips {
+            let i = at.index(stored.len());
+            stored[i] ^= byte;
+        }
+        let raw_len = (i64::from(piece.raw_len) + raw_delta).clamp(1, i64::from(u32::MAX)) as u32;
+        let (entry, bytes) = forged(&stored, PieceCodec::Lz4, raw_len);
+        let _ = decode_piece(&entry, &bytes);
+        let (entry, bytes) = forged(&stored, PieceCodec::Lz4, MAX_PIECE_RAW_LEN + 1);
+        let is_too_large = matches!(decode_piece(&entry, &bytes), Err(OnDiskError::PieceTooLarge { piece: 7, .. }));
+        prop_assert!(is_too_large);
+    }
+
+    #[test]
+    fn arbitrary_compressed_bytes_never_panic(
+        stored in vec(any::<u8>(), 1..2000),
+        raw_len in 1u32..100_000,
+    ) {
+        let (entry, bytes) = forged(&stored, PieceCodec::Lz4, raw_len);
+        let _ = decode_piece(&entry, &bytes);
     }
 }

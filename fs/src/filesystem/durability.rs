@@ -135,7 +135,7 @@ impl Filesystem {
         {
             let mut pieces = self.pieces.lock();
             for (entry, _) in &staged.writes {
-                pieces.stored(entry.id, entry.padded_len());
+                pieces.stored(entry.id, entry.raw_padded_len());
             }
             for &id in &staged.removed {
                 pieces.stored(id, 0);
@@ -247,9 +247,10 @@ impl Filesystem {
             )
         });
         let mut pieces = self.pieces.lock();
-        let touched: Vec<(Touch, u64)> = records
-            .iter()
-            .map(|r| (pieces.plan(meta, r, records.len()), encoded_len(r)))
+        let touched: Vec<(Touch, u64)> = pieces
+            .plan_change(meta, records)
+            .into_iter()
+            .zip(records.iter().map(encoded_len))
             .collect();
         let bound = pieces.bound_after(&touched);
         let needed = if grows {
@@ -327,8 +328,9 @@ impl Filesystem {
 pub(super) const CHECKPOINT_OVERHEAD: u64 = stripefs_layout::ondisk::CHECKPOINT_HEADER_LEN as u64;
 
 /// Bytes a piece's table entry takes at most with two replicas of two runs each (most take
-/// one run; the table's size is checked exactly when it is written).
-const TABLE_ENTRY_BOUND: u64 = 16 + 2 * (2 + 2 * 16);
+/// one run; the table's size is checked exactly when it is written): id, length, crc,
+/// codec and records length, then the runs.
+const TABLE_ENTRY_BOUND: u64 = 21 + 2 * (2 + 2 * 16);
 
 /// A checkpoint's table and pieces staged, the queue's cut and the pieces it takes.
 type StagedCheckpoint = (Result<Staged, FsError>, Cut, BTreeSet<u64>);

@@ -8,8 +8,8 @@
 
 use stripefs_engine::DeviceQueue;
 use stripefs_layout::ondisk::{
-    self, CHECKPOINT_HEADER_LEN, CHECKPOINT_VERSION, CheckpointHeader, LOG_BLOCK, PieceTable,
-    Record, Superblock,
+    self, CHECKPOINT_HEADER_LEN, CheckpointHeader, LOG_BLOCK, PieceTable,
+    RECORDS_CHECKPOINT_VERSION, Record, Superblock,
 };
 
 use super::bounce::{BouncePool, read_device, write_device};
@@ -411,7 +411,7 @@ fn read_header(
 enum Checkpoint {
     /// Version 1: every record.
     Records(Vec<Record>),
-    /// Version 2: where the pieces are.
+    /// Versions 2 and 3: where the pieces are.
     Table(PieceTable),
 }
 
@@ -443,7 +443,7 @@ fn load_replica(
         area.slot_offset(header.generation) + LOG_BLOCK as u64,
         &mut payload,
     )?;
-    let checkpoint = if header.version == CHECKPOINT_VERSION {
+    let checkpoint = if header.version != RECORDS_CHECKPOINT_VERSION {
         let table = ondisk::decode_checkpoint_table(*header, &payload)
             .map_err(|e| corrupt(format!("checkpoint {}: {e}", header.generation)))?;
         if usize::from(table.replicas) != replicas {

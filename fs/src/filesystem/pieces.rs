@@ -60,7 +60,8 @@ pub(crate) fn stage(
             }
             continue;
         }
-        let (bytes, len, crc) = encode_piece(&records);
+        let piece = encode_piece(&records);
+        let bytes = piece.bytes.as_slice();
         let mut replicas = Vec::with_capacity(devices.len());
         for &device in &devices {
             match alloc.allocate_kept(device, bytes.len() as u64, None) {
@@ -82,17 +83,12 @@ pub(crate) fn stage(
                 }
             }
         }
-        let entry = PieceEntry {
-            id,
-            len,
-            crc,
-            replicas,
-        };
+        let entry = piece.entry(id, replicas);
         match old {
             Ok(i) => table.pieces[i] = entry.clone(),
             Err(i) => table.pieces.insert(i, entry.clone()),
         }
-        staged.writes.push((entry, bytes));
+        staged.writes.push((entry, piece.bytes));
     }
     staged.table = table;
     Ok(staged)
@@ -237,7 +233,7 @@ pub(crate) fn replay(
     for (i, r) in loaded.base.iter().enumerate() {
         apply(meta, r, || format!("checkpoint record {i}"), refused)?;
     }
-    let mut dirty = DirtyPieces::new(pieces.iter().map(|p| (p.id, p.padded_len())));
+    let mut dirty = DirtyPieces::new(pieces.iter().map(|p| (p.id, p.raw_padded_len())));
     if !loaded.base.is_empty() {
         for p in dirty.all(meta) {
             dirty.mark(p);

@@ -118,7 +118,7 @@ pub fn repair(devices: &[DeviceQueue]) -> Result<RepairReport, FsError> {
             .table()
             .pieces
             .iter()
-            .map(|p| (p.id, p.padded_len())),
+            .map(|p| (p.id, p.raw_padded_len())),
     );
     let mut ids = layout.all(&meta);
     ids.extend(loaded.journal.table().pieces.iter().map(|p| p.id));

@@ -156,9 +156,29 @@ impl DirtyPieces {
     /// What `record` would do to the pieces, `meta` being the metadata before it and up to
     /// `nearby` other records of the same change applied.
     pub fn plan(&self, meta: &Metadata, record: &Record, nearby: usize) -> Touch {
+        self.plan_within(meta, record, nearby + 1, nearby + 1)
+    }
+
+    /// What each of `records`, one change, would do to the pieces, `meta` being the
+    /// metadata before it. A directory gains at most the change's links and loses at most
+    /// its unlinks: a change that only removes never plans a directory's buckets to grow
+    /// (which would count every bucket, and could leave a full filesystem unable to remove).
+    pub fn plan_change(&self, meta: &Metadata, records: &[Record]) -> Vec<Touch> {
+        let count = |f: fn(&Record) -> bool| records.iter().filter(|&r| f(r)).count();
+        let added = count(|r| matches!(r, Record::Link { .. }));
+        let removed = count(|r| matches!(r, Record::Unlink { .. }));
+        records
+            .iter()
+            .map(|r| self.plan_within(meta, r, removed, added))
+            .collect()
+    }
+
+    /// [`plan`](Self::plan) for a change that removes at most `removed` entries from a
+    /// directory and adds at most `added`.
+    fn plan_within(&self, meta: &Metadata, record: &Record, removed: usize, added: usize) -> Touch {
         match record {
             Record::Link { parent, name, .. } | Record::Unlink { parent, name } => {
-                self.plan_entry(meta, *parent, name, nearby)
+                self.plan_entry(meta, *parent, name, removed, added)
             }
             Record::FreeInode { ino } => {
                 let mut touch = Touch {
@@ -180,10 +200,17 @@ impl DirtyPieces {
         }
     }
 
-    fn plan_entry(&self, meta: &Metadata, dir: u64, name: &[u8], nearby: usize) -> Touch {
+    fn plan_entry(
+        &self,
+        meta: &Metadata,
+        dir: u64,
+        name: &[u8],
+        removed: usize,
+        added: usize,
+    ) -> Touch {
         let n = meta.get(dir).map_or(0, |d| d.entries().len());
         let now = self.spilled.get(&dir).copied();
-        let next = target(now, n.saturating_sub(nearby + 1), n + nearby + 1, dir);
+        let next = target(now, n.saturating_sub(removed), n + added, dir);
         let mut pieces = vec![piece_of(dir)];
         if next == now {
             if let Some(bits) = now {
@@ -533,6 +560,29 @@ mod tests {
         assert_eq!(d.bound(), 0);
         d.restore(taken);
         assert_eq!(d.bound(), 8192 + 4096 + 4096);
+    }
+
+    #[test]
+    fn a_change_that_only_removes_never_plans_growth() {
+        let mut meta = Metadata::default();
+        let mut dirty = DirtyPieces::default();
+        change(&mut meta, &mut dirty, inode(1, InodeKind::Dir));
+        // 2048 entries: one bucket, full; one more would hash them into more.
+        for ino in 2..2 + 2048 {
+            change(&mut meta, &mut dirty, inode(ino, InodeKind::File));
+            change(&mut meta, &mut dirty, link(ino));
+        }
+        assert_eq!(dirty.spilled.get(&1), Some(&0));
+        let unlink = Record::Unlink {
+            parent: 1,
+            name: b"f2".to_vec(),
+        };
+        let planned = dirty.plan_change(&meta, std::slice::from_ref(&unlink));
+        assert_eq!(planned[0].relayout, None, "{planned:?}");
+        assert_eq!(planned[0].pieces.len(), 2, "its inode piece and its bucket");
+        // With a link in the same change (a rename), growth is planned.
+        let planned = dirty.plan_change(&meta, &[unlink, link(5000)]);
+        assert!(planned[1].relayout.is_some(), "{planned:?}");
     }
 
     #[test]

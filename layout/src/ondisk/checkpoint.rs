@@ -2,8 +2,10 @@
 //!
 //! A checkpoint is one header block of [`CHECKPOINT_HEADER_LEN`] bytes, then the payload
 //! from byte 4096, padded with zeros to a multiple of 4096. Version 1's payload is the whole
-//! metadata as records back to back (read, no longer written); version 2's is a
-//! [`PieceTable`] saying where each piece of the metadata is (see `pieces`). Header
+//! metadata as records back to back (read, no longer written); versions 2 and 3 hold a
+//! [`PieceTable`] saying where each piece of the metadata is (see `pieces`): version 3's
+//! entries also name how each piece is encoded (LZ4 or plain), version 2's pieces are all
+//! plain (read, no longer written). Header
 //! (little-endian; the rest of the block is zero):
 //!
 //! | offset | field | type |
@@ -17,13 +19,19 @@
 
 use super::codec::{Reader, check_field, crc, need, round_up};
 use super::error::OnDiskError;
-use super::pieces::{PieceTable, decode_piece_table, encode_piece_table};
+use super::pieces::{
+    PieceTable, decode_piece_table, decode_piece_table_v2, encode_piece_table,
+    encode_piece_table_v2,
+};
 use super::record::{Record, decode_all, encode_all};
 
 /// The first eight bytes of every checkpoint.
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"STRFSCKP";
-/// The checkpoint format version this build writes: a table of pieces.
-pub const CHECKPOINT_VERSION: u32 = 2;
+/// The checkpoint format version this build writes: a table of pieces, each compressed or
+/// plain.
+pub const CHECKPOINT_VERSION: u32 = 3;
+/// The version before, a table of plain pieces (still read).
+pub const PLAIN_PIECES_CHECKPOINT_VERSION: u32 = 2;
 /// The older version, whose payload is every record (still read).
 pub const RECORDS_CHECKPOINT_VERSION: u32 = 1;
 /// Bytes in the header block; the payload starts right after it.
@@ -37,7 +45,8 @@ const CHECKPOINT_BLOCK: u64 = 4096;
 /// A checked checkpoint header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CheckpointHeader {
-    /// The format version: [`RECORDS_CHECKPOINT_VERSION`] or [`CHECKPOINT_VERSION`].
+    /// The format version: [`RECORDS_CHECKPOINT_VERSION`],
+    /// [`PLAIN_PIECES_CHECKPOINT_VERSION`] or [`CHECKPOINT_VERSION`].
     pub version: u32,
     /// The generation: the metadata log that follows this checkpoint carries it.
     pub generation: u64,
@@ -103,7 +112,12 @@ impl RawCheckpointHeader {
                 found: u64::from_le_bytes(self.magic),
             });
         }
-        if self.version != CHECKPOINT_VERSION && self.version != RECORDS_CHECKPOINT_VERSION {
+        let known = [
+            RECORDS_CHECKPOINT_VERSION,
+            PLAIN_PIECES_CHECKPOINT_VERSION,
+            CHECKPOINT_VERSION,
+        ];
+        if !known.contains(&self.version) {
             return Err(OnDiskError::UnsupportedVersion {
                 found: self.version,
                 supported: CHECKPOINT_VERSION,
@@ -133,6 +147,17 @@ pub fn encode_checkpoint_table(generation: u64, table: &PieceTable) -> Vec<u8> {
     let mut out = vec![0; CHECKPOINT_HEADER_LEN];
     out.extend_from_slice(&encode_piece_table(table));
     seal(generation, CHECKPOINT_VERSION, out)
+}
+
+/// Encodes a version 2 checkpoint of `table` (only tests and tools that make an older
+/// filesystem need one): refuses a table with a piece that is not plain.
+pub fn encode_checkpoint_table_v2(
+    generation: u64,
+    table: &PieceTable,
+) -> Result<Vec<u8>, OnDiskError> {
+    let mut out = vec![0; CHECKPOINT_HEADER_LEN];
+    out.extend_from_slice(&encode_piece_table_v2(table)?);
+    Ok(seal(generation, PLAIN_PIECES_CHECKPOINT_VERSION, out))
 }
 
 /// Writes the header for the payload that follows it in `out`, and pads.
@@ -191,17 +216,19 @@ pub fn decode_checkpoint_payload(
     decode_all(checked_payload(header, payload)?)
 }
 
-/// Decodes the piece table of the (version 2) checkpoint whose header is `header`.
+/// Decodes the piece table of the (version 2 or 3) checkpoint whose header is `header`.
 pub fn decode_checkpoint_table(
     header: CheckpointHeader,
     payload: &[u8],
 ) -> Result<PieceTable, OnDiskError> {
-    check_field(
-        "checkpoint.version",
-        u64::from(header.version),
-        header.version == CHECKPOINT_VERSION,
-    )?;
-    decode_piece_table(checked_payload(header, payload)?)
+    match header.version {
+        CHECKPOINT_VERSION => decode_piece_table(checked_payload(header, payload)?),
+        PLAIN_PIECES_CHECKPOINT_VERSION => decode_piece_table_v2(checked_payload(header, payload)?),
+        other => Err(OnDiskError::BadField {
+            field: "checkpoint.version",
+            value: other.into(),
+        }),
+    }
 }
 
 /// The payload's `payload_len` bytes, once their checksum matches.

@@ -61,6 +61,41 @@ pub enum OnDiskError {
         /// The bytes its fields actually took.
         used: u64,
     },
+    /// A compressed metadata piece declares more bytes of records than any piece may hold:
+    /// refused before anything is allocated for them.
+    #[error(
+        "metadata piece {piece} declares {raw_len} bytes of records; at most {max} are allowed"
+    )]
+    PieceTooLarge {
+        /// The piece.
+        piece: u64,
+        /// The uncompressed length its table entry declares.
+        raw_len: u64,
+        /// The most a compressed piece may declare.
+        max: u64,
+    },
+    /// A metadata piece's stored bytes passed their checksum but do not decompress.
+    #[error("metadata piece {piece} does not decompress ({codec}): {reason}")]
+    PieceDecompress {
+        /// The piece.
+        piece: u64,
+        /// The codec's name.
+        codec: &'static str,
+        /// What the decompressor reported.
+        reason: String,
+    },
+    /// A metadata piece decompresses to another length than its table entry declares.
+    #[error(
+        "metadata piece {piece} decompresses to {found} bytes, its table entry says {declared}"
+    )]
+    PieceLength {
+        /// The piece.
+        piece: u64,
+        /// The uncompressed length its table entry declares.
+        declared: u64,
+        /// The length found (at least this many, when the output would not fit).
+        found: u64,
+    },
     /// A directory entry or xattr name (or the superblock label) is longer than allowed.
     #[error("name of {len} bytes is longer than the {max} allowed")]
     NameTooLong {

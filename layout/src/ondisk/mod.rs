@@ -11,7 +11,8 @@
 //!   each entry padded to [`LOG_BLOCK`]; a torn entry is the end of the log.
 //! - Checkpoints ([`encode_checkpoint`], [`decode_checkpoint_header`],
 //!   [`decode_checkpoint_payload`], [`decode_checkpoint_table`]): where the metadata's
-//!   pieces are ([`PieceTable`]; version 1: the whole metadata as records).
+//!   pieces are ([`PieceTable`]; each piece's records LZ4-compressed or plain; version 1:
+//!   the whole metadata as records).
 
 mod checkpoint;
 mod codec;
@@ -23,16 +24,18 @@ mod superblock;
 
 pub use checkpoint::{
     CHECKPOINT_HEADER_LEN, CHECKPOINT_MAGIC, CHECKPOINT_VERSION, CheckpointHeader,
-    RECORDS_CHECKPOINT_VERSION, decode_checkpoint, decode_checkpoint_header,
-    decode_checkpoint_payload, decode_checkpoint_table, encode_checkpoint, encode_checkpoint_table,
+    PLAIN_PIECES_CHECKPOINT_VERSION, RECORDS_CHECKPOINT_VERSION, decode_checkpoint,
+    decode_checkpoint_header, decode_checkpoint_payload, decode_checkpoint_table,
+    encode_checkpoint, encode_checkpoint_table, encode_checkpoint_table_v2,
 };
 pub use error::OnDiskError;
 pub use log::{
     LOG_BLOCK, LOG_HEADER_LEN, LOG_MAGIC, LOG_VERSION, decode_entry, encode_entry, entry_len,
 };
 pub use pieces::{
-    MAX_REPLICAS, PIECE_BLOCK, PIECE_INODES, PieceEntry, PieceTable, decode_piece,
-    decode_piece_table, encode_piece, encode_piece_table, piece_of,
+    EncodedPiece, MAX_PIECE_RAW_LEN, MAX_REPLICAS, PIECE_BLOCK, PIECE_INODES, PieceCodec,
+    PieceEntry, PieceTable, decode_piece, decode_piece_table, decode_piece_table_v2, encode_piece,
+    encode_piece_table, encode_piece_table_v2, piece_of,
 };
 pub use record::{
     INODE_RECORD_MIN, InodeKind, InodeRecord, LayoutRecord, MODE_MAX, NAME_MAX, RECORD_HEADER_LEN,
