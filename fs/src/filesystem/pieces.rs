@@ -248,11 +248,12 @@ pub(crate) fn replay(
 }
 
 /// About how many inodes the inode pieces hold, never far above it: a piece holds at most
-/// [`PIECE_INODES`] and each inode record takes at least [`INODE_RECORD_MIN`] bytes.
+/// [`PIECE_INODES`] and each inode record takes at least [`INODE_RECORD_MIN`] bytes of the
+/// piece's records (before compression).
 fn inodes_hint(inode_pieces: &[PieceEntry]) -> usize {
     let by_count = inode_pieces.len() as u64 * PIECE_INODES;
     let by_bytes: u64 =
-        inode_pieces.iter().map(|p| u64::from(p.len)).sum::<u64>() / INODE_RECORD_MIN;
+        inode_pieces.iter().map(|p| u64::from(p.raw_len)).sum::<u64>() / INODE_RECORD_MIN;
     usize::try_from(by_count.min(by_bytes)).unwrap_or(0)
 }
 
