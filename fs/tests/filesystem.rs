@@ -551,9 +551,10 @@ fn small_files_fill_every_device() {
     assert_eq!(err.errno(), libc::ENOSPC, "{err}");
     let s = fs.statfs();
     let free_share = s.bfree as f64 / s.blocks as f64;
-    // Without steering, the two replica devices filled first and 19% was left.
+    // Without steering, the two replica devices filled first and 19% was left (32,684
+    // files); now 1.7% (42,038 files): the slack kept on the replicas for metadata.
     assert!(
-        free_share < 0.06,
+        free_share < 0.03,
         "{made} files of 4 KiB made, then ENOSPC with {} of {} blocks free",
         s.bfree,
         s.blocks

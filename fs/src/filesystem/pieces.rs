@@ -252,8 +252,11 @@ pub(crate) fn replay(
 /// piece's records (before compression).
 fn inodes_hint(inode_pieces: &[PieceEntry]) -> usize {
     let by_count = inode_pieces.len() as u64 * PIECE_INODES;
-    let by_bytes: u64 =
-        inode_pieces.iter().map(|p| u64::from(p.raw_len)).sum::<u64>() / INODE_RECORD_MIN;
+    let by_bytes: u64 = inode_pieces
+        .iter()
+        .map(|p| u64::from(p.raw_len))
+        .sum::<u64>()
+        / INODE_RECORD_MIN;
     usize::try_from(by_count.min(by_bytes)).unwrap_or(0)
 }
 

@@ -10,10 +10,17 @@
 //! So the turn is kept while the devices are about even, and skipped for the emptiest device
 //! when the one in turn has clearly less free space (by more than [`MARGIN_SHARE`] of its
 //! area): the devices fill together, down to the last blocks.
+//!
+//! A replica's usable space is its free space less the slack kept for metadata, not less
+//! everything kept: what is kept for the next checkpoint's pieces (counted uncompressed, tens
+//! of MiB on a big filesystem) comes back when that checkpoint is written, which a data
+//! allocation that finds no room does. Counting it would send every new file away from the
+//! replicas near the end, to devices that fill first.
 
 use std::sync::atomic::Ordering;
 
 use super::Filesystem;
+use super::durability::CHANGE_ROOM;
 use crate::meta::alloc::Allocator;
 
 /// How far behind the emptiest device (as a share of the device's data area: 1/64) the device
@@ -26,14 +33,15 @@ impl Filesystem {
     pub(super) fn first_device_for_new_file(&self) -> usize {
         let n = self.devices.len().max(1);
         let turn = self.next_first_device.fetch_add(1, Ordering::Relaxed) % n;
-        steer(&self.alloc.lock(), turn, n)
+        let slack = self.meta_slack + CHANGE_ROOM;
+        steer(&self.alloc.lock(), turn, n, slack)
     }
 }
 
-/// `turn`, unless another of the `n` devices has more than a margin more usable space: then
-/// the device with the most.
-fn steer(alloc: &Allocator, turn: usize, n: usize) -> usize {
-    let usable = |d: usize| alloc.free(d).saturating_sub(alloc.kept(d));
+/// `turn`, unless another of the `n` devices has more than a margin more usable space (free
+/// less at most `slack` of what is kept): then the device with the most.
+fn steer(alloc: &Allocator, turn: usize, n: usize, slack: u64) -> usize {
+    let usable = |d: usize| alloc.free(d).saturating_sub(alloc.kept(d).min(slack));
     let Some(emptiest) = (0..n).max_by_key(|&d| (usable(d), std::cmp::Reverse(d))) else {
         return turn;
     };
@@ -63,7 +71,7 @@ mod tests {
         // Within the margin (16 MiB of 1 GiB): the turn stands.
         alloc.allocate(1, 8 << 20, None).expect("allocate");
         for turn in 0..4 {
-            assert_eq!(steer(&alloc, turn, 4), turn);
+            assert_eq!(steer(&alloc, turn, 4, u64::MAX), turn);
         }
     }
 
@@ -73,17 +81,26 @@ mod tests {
         alloc.allocate(0, 100 << 20, None).expect("allocate");
         alloc.allocate(1, 60 << 20, None).expect("allocate");
         alloc.allocate(3, 10 << 20, None).expect("allocate");
-        assert_eq!(steer(&alloc, 0, 4), 2);
-        assert_eq!(steer(&alloc, 1, 4), 2);
-        assert_eq!(steer(&alloc, 2, 4), 2);
-        assert_eq!(steer(&alloc, 3, 4), 3);
+        assert_eq!(steer(&alloc, 0, 4, u64::MAX), 2);
+        assert_eq!(steer(&alloc, 1, 4, u64::MAX), 2);
+        assert_eq!(steer(&alloc, 2, 4, u64::MAX), 2);
+        assert_eq!(steer(&alloc, 3, 4, u64::MAX), 3);
     }
 
     #[test]
     fn space_kept_for_metadata_counts_as_used() {
         let mut alloc = four_devices();
         alloc.keep(0, 200 << 20);
-        assert_eq!(steer(&alloc, 0, 4), 1);
+        assert_eq!(steer(&alloc, 0, 4, u64::MAX), 1);
+    }
+
+    #[test]
+    fn space_kept_for_the_next_checkpoint_counts_as_usable() {
+        let mut alloc = four_devices();
+        // 4 MiB of slack and 196 MiB for pieces a checkpoint will write: only the slack
+        // stays out of reach.
+        alloc.keep(0, 200 << 20);
+        assert_eq!(steer(&alloc, 0, 4, 4 << 20), 0);
     }
 
     #[test]
@@ -97,7 +114,7 @@ mod tests {
         alloc
             .allocate(1, (64 << 20) - (768 << 10), None)
             .expect("allocate");
-        assert_eq!(steer(&alloc, 0, 2), 1);
-        assert_eq!(steer(&alloc, 1, 2), 1);
+        assert_eq!(steer(&alloc, 0, 2, u64::MAX), 1);
+        assert_eq!(steer(&alloc, 1, 2, u64::MAX), 1);
     }
 }
