@@ -587,9 +587,10 @@ fn a_full_metadata_area_refuses_changes_instead_of_losing_them() {
         assert!(made < 100_000, "metadata never filled up");
     };
     assert_eq!(err.errno(), libc::ENOSPC, "{err}");
-    // Metadata room goes a piece (256 inodes) at a time.
+    // Metadata room goes a piece (256 inodes) at a time; statfs counts 64 B per file (a
+    // small file's compressed records), and these files carry 300 B more each.
     assert!(
-        fs.statfs().ffree < made / 50,
+        fs.statfs().ffree < made / 20,
         "statfs shows the metadata is nearly full ({:?}, after {made} files: {err})",
         fs.statfs()
     );

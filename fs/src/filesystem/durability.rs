@@ -11,6 +11,7 @@ use stripefs_layout::ondisk::{Record, Superblock};
 use super::Filesystem;
 use super::commit::{Cut, Lsn};
 use super::error::FsError;
+use super::heap;
 use super::journal::Journal;
 use super::pieces::{self, Staged};
 use crate::meta::Metadata;
@@ -96,7 +97,10 @@ impl Filesystem {
         let cut = self.pending.lock().take();
         let mut pieces = self.pieces.lock();
         let dirty = pieces.take();
-        let changed = pieces.records(meta, &dirty);
+        let mut changed = Vec::with_capacity(dirty.len());
+        pieces.each_piece(meta, &dirty, |id, records| {
+            changed.push(pieces::encode_changed(id, &records));
+        });
         drop(pieces);
         let staged = pieces::stage(journal, changed, &mut self.alloc.lock());
         (staged, cut, dirty)
@@ -116,6 +120,8 @@ impl Filesystem {
             Ok(staged) => {
                 self.stored(&staged);
                 self.settle(cut.through);
+                drop(staged);
+                heap::trim();
                 Ok(cut.through)
             }
             Err(e) => {

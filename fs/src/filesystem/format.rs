@@ -58,7 +58,7 @@ pub fn mkfs(devices: &[DeviceQueue], options: &MkfsOptions) -> Result<Vec<Superb
         .collect();
     let mut alloc = Allocator::new(&data);
     let root = vec![(stripefs_layout::ondisk::piece_of(ROOT), vec![root_record()])];
-    let staged = pieces::stage(&journal, root, &mut alloc)?;
+    let staged = pieces::stage(&journal, pieces::encode_all_changed(root), &mut alloc)?;
     journal.write_checkpoint(devices, &pool, &staged)?;
     for (i, sb) in superblocks.iter().enumerate() {
         write_device(devices, &pool, i, 0, &sb.encode())?;

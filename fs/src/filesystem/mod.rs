@@ -15,6 +15,7 @@ mod error;
 mod exchange;
 mod format;
 mod fsck;
+mod heap;
 mod journal;
 mod namespace;
 mod pieces;

@@ -8,7 +8,8 @@
 
 use stripefs_engine::DeviceQueue;
 use stripefs_layout::ondisk::{
-    INODE_RECORD_MIN, PIECE_INODES, PieceEntry, PieceTable, Record, decode_piece, encode_piece,
+    EncodedPiece, INODE_RECORD_MIN, PIECE_INODES, PieceEntry, PieceTable, Record, decode_piece,
+    encode_piece,
 };
 
 use super::bounce::{BouncePool, read_device};
@@ -32,11 +33,27 @@ pub(crate) struct Staged {
     pub removed: Vec<u64>,
 }
 
-/// Stages `changed` pieces (id and records; no records: the piece is gone) on top of the
-/// journal's current table, each copy in fresh space of its replica device.
+/// A changed piece, encoded: `None` when it holds nothing any more (it is dropped).
+pub(crate) type ChangedPiece = (u64, Option<EncodedPiece>);
+
+/// Encodes `records` of piece `id` (none: the piece is gone).
+pub(crate) fn encode_changed(id: u64, records: &[Record]) -> ChangedPiece {
+    (id, (!records.is_empty()).then(|| encode_piece(records)))
+}
+
+/// Encodes every piece of `changed` (id and records; no records: the piece is gone).
+pub(crate) fn encode_all_changed(changed: Vec<(u64, Vec<Record>)>) -> Vec<ChangedPiece> {
+    changed
+        .into_iter()
+        .map(|(id, records)| encode_changed(id, &records))
+        .collect()
+}
+
+/// Stages `changed` pieces on top of the journal's current table, each copy in fresh space
+/// of its replica device.
 pub(crate) fn stage(
     journal: &Journal,
-    changed: Vec<(u64, Vec<Record>)>,
+    changed: Vec<ChangedPiece>,
     alloc: &mut Allocator,
 ) -> Result<Staged, FsError> {
     let devices: Vec<usize> = journal.areas().iter().map(|a| a.device).collect();
@@ -48,19 +65,18 @@ pub(crate) fn stage(
         removed: Vec::new(),
     };
     let mut taken: Vec<Space> = Vec::new();
-    for (id, records) in changed {
+    for (id, piece) in changed {
         let old = table.pieces.binary_search_by_key(&id, |p| p.id);
         if let Ok(i) = old {
             staged.replaced.extend(space_of(&table.pieces[i], &devices));
         }
-        if records.is_empty() {
+        let Some(piece) = piece else {
             if let Ok(i) = old {
                 table.pieces.remove(i);
                 staged.removed.push(id);
             }
             continue;
-        }
-        let piece = encode_piece(&records);
+        };
         let bytes = piece.bytes.as_slice();
         let mut replicas = Vec::with_capacity(devices.len());
         for &device in &devices {

@@ -328,17 +328,31 @@ impl DirtyPieces {
     /// nothing (any more).
     pub fn records(&self, meta: &Metadata, pieces: &BTreeSet<u64>) -> Vec<(u64, Vec<Record>)> {
         let mut out = Vec::with_capacity(pieces.len());
+        self.each_piece(meta, pieces, |id, records| out.push((id, records)));
+        out
+    }
+
+    /// Like [`DirtyPieces::records`], handing each piece to `f` as it is built, so that a
+    /// caller that encodes them holds one piece's records at a time (one directory's, for
+    /// entry pieces), not every changed piece's.
+    pub fn each_piece(
+        &self,
+        meta: &Metadata,
+        pieces: &BTreeSet<u64>,
+        mut f: impl FnMut(u64, Vec<Record>),
+    ) {
         let mut buckets: HashMap<u64, Vec<u64>> = HashMap::new();
         for &piece in pieces {
             match parse_entry_piece(piece) {
                 Some((dir, _, _)) => buckets.entry(dir).or_default().push(piece),
-                None => out.push((piece, self.inode_piece(meta, piece))),
+                None => f(piece, self.inode_piece(meta, piece)),
             }
         }
         for (dir, ids) in buckets {
-            out.extend(self.entry_pieces(meta, dir, &ids));
+            for (id, records) in self.entry_pieces(meta, dir, &ids) {
+                f(id, records);
+            }
         }
-        out
     }
 
     fn inode_piece(&self, meta: &Metadata, piece: u64) -> Vec<Record> {
