@@ -68,7 +68,22 @@ pub fn run(args: &UmountArgs) -> Result<()> {
     Ok(())
 }
 
-/// Whether `pid` is a live stripefs process (not a recycled pid).
+/// Whether `pid` is a live stripefs process (not a recycled pid, and not a zombie: a daemon
+/// that has exited is done with its devices, whenever its parent — init, for a `--daemon` —
+/// gets round to reaping it; some inits take seconds).
 fn is_stripefs(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "stripefs")
+    let named = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim() == "stripefs");
+    named && !is_zombie(pid)
+}
+
+/// Whether `pid` has exited and waits to be reaped (state `Z` in `/proc/PID/stat`).
+fn is_zombie(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) state …": comm may hold spaces or parentheses, so look after the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state == "Z" || state == "X")
 }
