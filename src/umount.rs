@@ -72,8 +72,8 @@ pub fn run(args: &UmountArgs) -> Result<()> {
 /// that has exited is done with its devices, whenever its parent — init, for a `--daemon` —
 /// gets round to reaping it; some inits take seconds).
 fn is_stripefs(pid: u32) -> bool {
-    let named = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|c| c.trim() == "stripefs");
+    let named =
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "stripefs");
     named && !is_zombie(pid)
 }
 

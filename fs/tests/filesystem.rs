@@ -561,6 +561,79 @@ fn small_files_fill_every_device() {
     );
 }
 
+/// A new file whose first device fills before its first write starts over on a device
+/// with room (it holds no data yet and has the default layout); a file whose layout was
+/// chosen explicitly stays where it was put and gets ENOSPC.
+#[test]
+fn a_new_file_whose_device_filled_starts_on_another() {
+    let d = devices(2, 24 << 20);
+    mkfs(&d, 64 << 10);
+    let fs = Filesystem::open(&d.specs).expect("open");
+    let layout_of = |ino| {
+        let text = fs
+            .getxattr(ino, name("user.stripefs.layout"))
+            .expect("layout");
+        String::from_utf8(text).expect("utf-8")
+    };
+    let late = fs.create(ROOT, name("late"), 0o644, ME).expect("create");
+    let first = layout_of(late.ino)
+        .rsplit_once("devices=")
+        .and_then(|(_, d)| d.split(':').next().map(str::to_string))
+        .expect("devices");
+    let pinned_layout = format!("stripe_count=1,devices={first}");
+    let pin = |n: &str| {
+        let f = fs.create(ROOT, name(n), 0o644, ME).expect("create");
+        fs.setxattr(
+            f.ino,
+            name("user.stripefs.layout"),
+            pinned_layout.as_bytes(),
+            Default::default(),
+        )
+        .expect("pin");
+        f.ino
+    };
+    let filler = pin("filler");
+    let pinned = pin("pinned");
+    let chunk = data(4, 1 << 20);
+    let mut at = 0;
+    let err = loop {
+        match fs.write(filler, at, &chunk) {
+            Ok(_) => at += chunk.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(at < 64 << 20, "device {first} never filled");
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    // Fill the last blocks too.
+    while fs.write(filler, at, &chunk[..4096]).is_ok() {
+        at += 4096;
+    }
+    let err = fs
+        .write(pinned, 0, &chunk[..4096])
+        .expect_err("the pinned file's device is full");
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+
+    let bytes = data(5, 4096);
+    fs.write(late.ino, 0, &bytes)
+        .expect("the new file moves to the device with room");
+    let other = 1 - first.parse::<u8>().expect("a device number");
+    assert!(
+        layout_of(late.ino).ends_with(&format!("devices={other}:{first}")),
+        "{}",
+        layout_of(late.ino)
+    );
+    assert_eq!(fs.read(late.ino, 0, 4096).expect("read"), bytes);
+    fs.shutdown().expect("unmount");
+    drop(fs);
+    let report = common::fsck(&d.specs);
+    assert!(report.is_clean(), "fsck: {:?}", report.problems);
+    let fs = Filesystem::open(&d.specs).expect("reopen");
+    assert_eq!(
+        fs.read(late.ino, 0, 4096).expect("read after remount"),
+        bytes
+    );
+}
+
 #[test]
 fn a_full_metadata_area_refuses_changes_instead_of_losing_them() {
     let d = devices(2, 32 << 20);

@@ -182,7 +182,17 @@ impl Filesystem {
         grow_to: Option<u64>,
     ) -> Result<(), FsError> {
         let mut pieces = resolve(&self.meta.read(), ino, a0, a1 - a0)?;
-        let fresh = self.allocate_or_sync(ino, &mut pieces)?;
+        let fresh = match self.allocate_or_sync(ino, &mut pieces) {
+            // A new file's device filled before its first write: it may start elsewhere.
+            Err(FsError::NoSpace(e)) => {
+                if !self.restart_elsewhere(ino)? {
+                    return Err(FsError::NoSpace(e));
+                }
+                pieces = resolve(&self.meta.read(), ino, a0, a1 - a0)?;
+                self.allocate_or_sync(ino, &mut pieces)?
+            }
+            other => other?,
+        };
         if let Err(e) = self.transfer(Op::Write, &pieces, target) {
             self.release_unrecorded(&fresh);
             return Err(e);

@@ -343,7 +343,7 @@ type StagedCheckpoint = (Result<Staged, FsError>, Cut, BTreeSet<u64>);
 
 /// Bytes of each replica that data allocations leave beyond what the next checkpoint needs
 /// and the slack: room for the records of the change that uses the data.
-pub(super) const CHANGE_ROOM: u64 = 256 << 10;
+const CHANGE_ROOM: u64 = 256 << 10;
 
 /// Bytes of each replica kept beyond what the next checkpoint needs, for changes that only
 /// remove (and their checkpoint), so that a full filesystem can always be emptied: 4 MiB, or

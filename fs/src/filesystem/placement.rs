@@ -8,19 +8,23 @@
 //! of small files then reports ENOSPC while the other devices still have room.
 //!
 //! So the turn is kept while the devices are about even, and skipped for the emptiest device
-//! when the one in turn has clearly less free space (by more than [`MARGIN_SHARE`] of its
-//! area): the devices fill together, down to the last blocks.
+//! when the one in turn has clearly less usable space (free, less what is kept for metadata;
+//! by more than [`MARGIN_SHARE`] of its area), or is nearly full while another has more. The
+//! devices fill together; the replicas keep room for the metadata that the files still to
+//! come will need.
 //!
-//! A replica's usable space is its free space less the slack kept for metadata, not less
-//! everything kept: what is kept for the next checkpoint's pieces (counted uncompressed, tens
-//! of MiB on a big filesystem) comes back when that checkpoint is written, which a data
-//! allocation that finds no room does. Counting it would send every new file away from the
-//! replicas near the end, to devices that fill first.
+//! Near the end a device can fill between a file's create and its first write. A file that
+//! holds no data yet and has the default layout then starts over on the device with the most
+//! usable space ([`Filesystem::restart_elsewhere`]), so ENOSPC comes when every device is full,
+//! not when the one a file happened to get is.
 
 use std::sync::atomic::Ordering;
 
-use super::Filesystem;
-use super::durability::CHANGE_ROOM;
+use stripefs_layout::ondisk::{InodeKind, Record};
+
+use super::error::FsError;
+use super::format::{self, BLOCK_SIZE};
+use super::{Filesystem, now};
 use crate::meta::alloc::Allocator;
 
 /// How far behind the emptiest device (as a share of the device's data area: 1/64) the device
@@ -33,15 +37,53 @@ impl Filesystem {
     pub(super) fn first_device_for_new_file(&self) -> usize {
         let n = self.devices.len().max(1);
         let turn = self.next_first_device.fetch_add(1, Ordering::Relaxed) % n;
-        let slack = self.meta_slack + CHANGE_ROOM;
-        steer(&self.alloc.lock(), turn, n, slack)
+        steer(&self.alloc.lock(), turn, n)
+    }
+
+    /// A write to `ino` found its device full. If the file holds no data yet, is not
+    /// registered, and has the default layout, it starts over on the device with the most
+    /// usable space (one change: its inode record with the new layout). Returns whether it
+    /// did, so that the caller resolves its write again.
+    pub(super) fn restart_elsewhere(&self, ino: u64) -> Result<bool, FsError> {
+        if self.registrations.iter().any(|r| r.value().0 == ino) {
+            return Ok(false);
+        }
+        let mut meta = self.meta.write();
+        let Some(inode) = meta.get(ino) else {
+            return Ok(false);
+        };
+        let empty = inode.kind() == InodeKind::File && inode.extents().iter().all(|m| m.end() == 0);
+        let Some(layout) = inode.layout().filter(|_| empty) else {
+            return Ok(false);
+        };
+        let first = layout.devices.first().map_or(0, |&d| usize::from(d));
+        let sb = self.superblock();
+        if *layout != format::default_layout(sb, first) {
+            return Ok(false);
+        }
+        let best = {
+            let alloc = self.alloc.lock();
+            (0..self.devices.len())
+                .map(|d| (alloc.free(d).saturating_sub(alloc.kept(d)), d))
+                .max()
+        };
+        match best {
+            Some((room, d)) if d != first && room >= BLOCK_SIZE => {
+                let mut r = inode.record();
+                r.layout = Some(format::default_layout(sb, d));
+                r.ctime = now();
+                self.change(&mut meta, vec![Record::Inode(r)])?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }
 
-/// `turn`, unless another of the `n` devices has more than a margin more usable space (free
-/// less at most `slack` of what is kept): then the device with the most.
-fn steer(alloc: &Allocator, turn: usize, n: usize, slack: u64) -> usize {
-    let usable = |d: usize| alloc.free(d).saturating_sub(alloc.kept(d).min(slack));
+/// `turn`, unless another of the `n` devices has more than a margin more usable space: then
+/// the device with the most.
+fn steer(alloc: &Allocator, turn: usize, n: usize) -> usize {
+    let usable = |d: usize| alloc.free(d).saturating_sub(alloc.kept(d));
     let Some(emptiest) = (0..n).max_by_key(|&d| (usable(d), std::cmp::Reverse(d))) else {
         return turn;
     };
@@ -71,7 +113,7 @@ mod tests {
         // Within the margin (16 MiB of 1 GiB): the turn stands.
         alloc.allocate(1, 8 << 20, None).expect("allocate");
         for turn in 0..4 {
-            assert_eq!(steer(&alloc, turn, 4, u64::MAX), turn);
+            assert_eq!(steer(&alloc, turn, 4), turn);
         }
     }
 
@@ -81,26 +123,17 @@ mod tests {
         alloc.allocate(0, 100 << 20, None).expect("allocate");
         alloc.allocate(1, 60 << 20, None).expect("allocate");
         alloc.allocate(3, 10 << 20, None).expect("allocate");
-        assert_eq!(steer(&alloc, 0, 4, u64::MAX), 2);
-        assert_eq!(steer(&alloc, 1, 4, u64::MAX), 2);
-        assert_eq!(steer(&alloc, 2, 4, u64::MAX), 2);
-        assert_eq!(steer(&alloc, 3, 4, u64::MAX), 3);
+        assert_eq!(steer(&alloc, 0, 4), 2);
+        assert_eq!(steer(&alloc, 1, 4), 2);
+        assert_eq!(steer(&alloc, 2, 4), 2);
+        assert_eq!(steer(&alloc, 3, 4), 3);
     }
 
     #[test]
     fn space_kept_for_metadata_counts_as_used() {
         let mut alloc = four_devices();
         alloc.keep(0, 200 << 20);
-        assert_eq!(steer(&alloc, 0, 4, u64::MAX), 1);
-    }
-
-    #[test]
-    fn space_kept_for_the_next_checkpoint_counts_as_usable() {
-        let mut alloc = four_devices();
-        // 4 MiB of slack and 196 MiB for pieces a checkpoint will write: only the slack
-        // stays out of reach.
-        alloc.keep(0, 200 << 20);
-        assert_eq!(steer(&alloc, 0, 4, 4 << 20), 0);
+        assert_eq!(steer(&alloc, 0, 4), 1);
     }
 
     #[test]
@@ -114,7 +147,7 @@ mod tests {
         alloc
             .allocate(1, (64 << 20) - (768 << 10), None)
             .expect("allocate");
-        assert_eq!(steer(&alloc, 0, 2, u64::MAX), 1);
-        assert_eq!(steer(&alloc, 1, 2, u64::MAX), 1);
+        assert_eq!(steer(&alloc, 0, 2), 1);
+        assert_eq!(steer(&alloc, 1, 2), 1);
     }
 }
