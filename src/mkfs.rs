@@ -21,8 +21,9 @@ pub struct MkfsArgs {
     #[arg(long)]
     pub stripe_count: Option<u32>,
     /// Size of the area for the metadata log and checkpoint tables on each metadata replica
-    /// (default: 1/32 of the device, 8 to 256 MiB). The metadata itself grows into free
-    /// space; a larger log means fewer checkpoints.
+    /// (default: 1/64 of the device, 8 to 256 MiB: each checkpoint table, a quarter of it,
+    /// names about size / 60 inodes). The metadata itself grows into free space; a larger log
+    /// means fewer checkpoints.
     #[arg(long, value_parser = parse_size)]
     pub metadata_size: Option<u64>,
     /// A name for the filesystem.

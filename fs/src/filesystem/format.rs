@@ -120,7 +120,11 @@ fn superblock_for(
         });
     }
     let meta_len = if replica {
-        let default = (size / 32).clamp(8 << 20, 256 << 20);
+        // The area holds the log and two checkpoint tables, not the metadata (which grows
+        // into the data area): a table entry of 57 bytes names a piece of 256 inodes, so a
+        // quarter of 1/64 of the device names about size / 60 inodes (15 million files on
+        // four 1 GiB devices). More would only take room from data.
+        let default = (size / 64).clamp(8 << 20, 256 << 20);
         options
             .metadata_size
             .unwrap_or(default)
