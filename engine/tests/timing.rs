@@ -43,18 +43,24 @@ fn blocking_reads(lat: &str, runs: usize) -> (Duration, Duration, Duration) {
     (at(50), at(10), at(90))
 }
 
-/// How late a series may be. An optimized build must hold the latency within half of it
-/// (on an idle machine within 10%; `.ci/run` runs this test in release); an unoptimized one
-/// spends tens of µs per request on its own, so there a series may be late by what a
+/// How late a series may be. An optimized build must hold the latency within half of it,
+/// or within [`WAKE_UP_NOISE`] when that is more (on a quiet machine `lat=20us` measures
+/// within 10%, `lat=200us` within 1%); `.ci/run` runs this test in release. An unoptimized
+/// build spends tens of µs per request on its own, so there a series may be late by what a
 /// request without emulated latency costs (measured in the same run), and a quarter more.
 fn allowed(want: Duration) -> Duration {
     if cfg!(debug_assertions) {
         let (base, _, _) = blocking_reads("0us", 500);
         (want + base) * 5 / 4
     } else {
-        want * 3 / 2
+        (want * 3 / 2).max(want + WAKE_UP_NOISE)
     }
 }
+
+/// What this VM adds to a short wait on a bad hour, measured: `lat=20us` reads whose p10 is
+/// 20.5 µs had medians of 28–36 µs for an hour (two thread wake-ups' worth; the hypervisor,
+/// not the emulation, which the p10 and `lat=200us` show to be exact).
+const WAKE_UP_NOISE: Duration = Duration::from_micros(20);
 
 /// Measures up to three times and judges the best median: a build or another test on this
 /// 2-core machine can make one series late as a whole, which says nothing of the emulation;
@@ -74,6 +80,7 @@ fn check(lat: &str, want: Duration, runs: usize) {
         best = best.min(median);
         let limit = allowed(want);
         if best <= limit {
+            println!("  within {limit:?}");
             return;
         }
         println!("  above {limit:?}; measuring again");
