@@ -45,10 +45,11 @@ impl Filesystem {
     /// usable space (one change: its inode record with the new layout). Returns whether it
     /// did, so that the caller resolves its write again.
     pub(super) fn restart_elsewhere(&self, ino: u64) -> Result<bool, FsError> {
+        let mut meta = self.meta.write();
+        // Under the metadata lock: see `register`.
         if self.registrations.iter().any(|r| r.value().0 == ino) {
             return Ok(false);
         }
-        let mut meta = self.meta.write();
         let Some(inode) = meta.get(ino) else {
             return Ok(false);
         };

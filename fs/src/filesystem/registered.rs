@@ -82,17 +82,7 @@ impl Filesystem {
     /// Registers `buffer` against file `ino`: the file's devices (its layout, in column
     /// order) each attach it; one mapping stands for all of them.
     pub fn register(&self, ino: u64, buffer: &Buffer) -> Result<Mapping, FsError> {
-        let devices: Vec<u16> = {
-            let meta = self.meta.read();
-            let inode = meta.get(ino).ok_or(FsError::NotFound)?;
-            if inode.kind() != InodeKind::File {
-                return Err(FsError::invalid("only regular files can be registered"));
-            }
-            inode
-                .layout()
-                .map(|l| l.devices.clone())
-                .unwrap_or_default()
-        };
+        let devices = self.devices_of(ino)?;
         let importers = devices
             .iter()
             .map(|&d| {
@@ -108,7 +98,32 @@ impl Filesystem {
         let mapping = Mapping::register(buffer, self.id, importers).map_err(Error::from)?;
         self.registrations
             .insert(mapping.id(), (ino, mapping.clone()));
+        // The layout of an empty file may change (set by a user, or a new file moved off a
+        // full device) while the buffer was being attached, which is done without holding
+        // the metadata; such a change refuses a file once it is registered. Looked at again
+        // now that the registration is visible: a change either saw it and was refused, or
+        // came before and shows here.
+        if self.devices_of(ino).ok().as_ref() != Some(&devices) {
+            self.registrations.remove(&mapping.id());
+            mapping.revoke();
+            return Err(FsError::invalid(
+                "the file's layout changed while it was being registered; register it again",
+            ));
+        }
         Ok(mapping)
+    }
+
+    /// The devices of regular file `ino`'s layout, in column order.
+    fn devices_of(&self, ino: u64) -> Result<Vec<u16>, FsError> {
+        let meta = self.meta.read();
+        let inode = meta.get(ino).ok_or(FsError::NotFound)?;
+        if inode.kind() != InodeKind::File {
+            return Err(FsError::invalid("only regular files can be registered"));
+        }
+        Ok(inode
+            .layout()
+            .map(|l| l.devices.clone())
+            .unwrap_or_default())
     }
 
     /// Registers `buffer` against the whole filesystem: every device attaches it once, and

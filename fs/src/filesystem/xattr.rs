@@ -163,12 +163,13 @@ impl Filesystem {
 
     fn set_layout(&self, ino: u64, value: &[u8]) -> Result<(), FsError> {
         let layout = self.parse_layout(value)?;
+        let mut meta = self.meta.write();
+        // Under the metadata lock: see `register`.
         if self.registrations.iter().any(|r| r.value().0 == ino) {
             return Err(FsError::invalid(
                 "the file is registered; unregister it before changing its layout",
             ));
         }
-        let mut meta = self.meta.write();
         let inode = meta.get(ino).ok_or(FsError::NotFound)?;
         match inode.kind() {
             InodeKind::Dir => {}
