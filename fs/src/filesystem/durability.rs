@@ -97,10 +97,7 @@ impl Filesystem {
         let cut = self.pending.lock().take();
         let mut pieces = self.pieces.lock();
         let dirty = pieces.take();
-        let mut changed = Vec::with_capacity(dirty.len());
-        pieces.each_piece(meta, &dirty, |id, records| {
-            changed.push(pieces::encode_changed(id, &records));
-        });
+        let changed = pieces::encode_pieces(&pieces, meta, &dirty);
         drop(pieces);
         let staged = pieces::stage(journal, changed, &mut self.alloc.lock());
         (staged, cut, dirty)

@@ -57,8 +57,8 @@ pub fn mkfs(devices: &[DeviceQueue], options: &MkfsOptions) -> Result<Vec<Superb
         .map(|sb| (sb.data_offset, sb.data_len))
         .collect();
     let mut alloc = Allocator::new(&data);
-    let root = vec![(stripefs_layout::ondisk::piece_of(ROOT), vec![root_record()])];
-    let staged = pieces::stage(&journal, pieces::encode_all_changed(root), &mut alloc)?;
+    let root = pieces::encode_changed(stripefs_layout::ondisk::piece_of(ROOT), &[root_record()]);
+    let staged = pieces::stage(&journal, vec![root], &mut alloc)?;
     journal.write_checkpoint(devices, &pool, &staged)?;
     for (i, sb) in superblocks.iter().enumerate() {
         write_device(devices, &pool, i, 0, &sb.encode())?;

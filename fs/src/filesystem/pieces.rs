@@ -6,6 +6,8 @@
 //! replicas' data areas, and the space of the copies they replace is released only once the
 //! new checkpoint is durable (the older checkpoint and its log need them until then).
 
+use std::collections::BTreeSet;
+
 use stripefs_engine::DeviceQueue;
 use stripefs_layout::ondisk::{
     EncodedPiece, INODE_RECORD_MIN, PIECE_INODES, PieceEntry, PieceTable, Record, decode_piece,
@@ -41,12 +43,18 @@ pub(crate) fn encode_changed(id: u64, records: &[Record]) -> ChangedPiece {
     (id, (!records.is_empty()).then(|| encode_piece(records)))
 }
 
-/// Encodes every piece of `changed` (id and records; no records: the piece is gone).
-pub(crate) fn encode_all_changed(changed: Vec<(u64, Vec<Record>)>) -> Vec<ChangedPiece> {
+/// Encodes pieces `ids` of `meta` as `dirty` lays them out, one at a time: only one piece's
+/// records (one directory's, for entry pieces) exist at once, not every changed piece's.
+pub(crate) fn encode_pieces(
+    dirty: &DirtyPieces,
+    meta: &Metadata,
+    ids: &BTreeSet<u64>,
+) -> Vec<ChangedPiece> {
+    let mut changed = Vec::with_capacity(ids.len());
+    dirty.each_piece(meta, ids, |id, records| {
+        changed.push(encode_changed(id, &records));
+    });
     changed
-        .into_iter()
-        .map(|(id, records)| encode_changed(id, &records))
-        .collect()
 }
 
 /// Stages `changed` pieces on top of the journal's current table, each copy in fresh space

@@ -47,7 +47,7 @@ impl Filesystem {
     pub(super) fn restart_elsewhere(&self, ino: u64) -> Result<bool, FsError> {
         let mut meta = self.meta.write();
         // Under the metadata lock: see `register`.
-        if self.registrations.iter().any(|r| r.value().0 == ino) {
+        if self.is_registered(ino) {
             return Ok(false);
         }
         let Some(inode) = meta.get(ino) else {
@@ -64,9 +64,7 @@ impl Filesystem {
         }
         let best = {
             let alloc = self.alloc.lock();
-            (0..self.devices.len())
-                .map(|d| (alloc.free(d).saturating_sub(alloc.kept(d)), d))
-                .max()
+            emptiest(&alloc, self.devices.len()).map(|d| (usable(&alloc, d), d))
         };
         match best {
             Some((room, d)) if d != first && room >= BLOCK_SIZE => {
@@ -84,18 +82,27 @@ impl Filesystem {
 /// `turn`, unless another of the `n` devices has more than a margin more usable space: then
 /// the device with the most.
 fn steer(alloc: &Allocator, turn: usize, n: usize) -> usize {
-    let usable = |d: usize| alloc.free(d).saturating_sub(alloc.kept(d));
-    let Some(emptiest) = (0..n).max_by_key(|&d| (usable(d), std::cmp::Reverse(d))) else {
+    let Some(roomiest) = emptiest(alloc, n) else {
         return turn;
     };
-    let (here, best) = (usable(turn), usable(emptiest));
+    let (here, best) = (usable(alloc, turn), usable(alloc, roomiest));
     let margin = alloc.capacity(turn) / MARGIN_SHARE;
     // Behind by more than the margin, or nearly full while another device has more room.
     if here + margin < best || (here < margin && here < best) {
-        emptiest
+        roomiest
     } else {
         turn
     }
+}
+
+/// Space of `device` data may still take: free, less what is kept for metadata.
+fn usable(alloc: &Allocator, device: usize) -> u64 {
+    alloc.free(device).saturating_sub(alloc.kept(device))
+}
+
+/// The one of `n` devices with the most usable space (the lowest numbered of equals).
+fn emptiest(alloc: &Allocator, n: usize) -> Option<usize> {
+    (0..n).max_by_key(|&d| (usable(alloc, d), std::cmp::Reverse(d)))
 }
 
 #[cfg(test)]

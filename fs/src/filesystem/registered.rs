@@ -113,6 +113,12 @@ impl Filesystem {
         Ok(mapping)
     }
 
+    /// Whether a buffer is registered against file `ino` (a file whose layout must then not
+    /// change). Asked under the metadata lock: see [`Filesystem::register`].
+    pub(super) fn is_registered(&self, ino: u64) -> bool {
+        self.registrations.iter().any(|r| r.value().0 == ino)
+    }
+
     /// The devices of regular file `ino`'s layout, in column order.
     fn devices_of(&self, ino: u64) -> Result<Vec<u16>, FsError> {
         let meta = self.meta.read();

@@ -122,12 +122,8 @@ pub fn repair(devices: &[DeviceQueue]) -> Result<RepairReport, FsError> {
     );
     let mut ids = layout.all(&meta);
     ids.extend(loaded.journal.table().pieces.iter().map(|p| p.id));
-    let changed = layout.records(&meta, &ids);
-    let staged = pieces::stage(
-        &loaded.journal,
-        pieces::encode_all_changed(changed),
-        &mut alloc,
-    )?;
+    let changed = pieces::encode_pieces(&layout, &meta, &ids);
+    let staged = pieces::stage(&loaded.journal, changed, &mut alloc)?;
     loaded.journal.write_checkpoint(devices, &pool, &staged)?;
     report.checkpoint_generation = loaded.journal.generation();
     report.repaired.push(format!(

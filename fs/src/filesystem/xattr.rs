@@ -165,7 +165,7 @@ impl Filesystem {
         let layout = self.parse_layout(value)?;
         let mut meta = self.meta.write();
         // Under the metadata lock: see `register`.
-        if self.registrations.iter().any(|r| r.value().0 == ino) {
+        if self.is_registered(ino) {
             return Err(FsError::invalid(
                 "the file is registered; unregister it before changing its layout",
             ));
